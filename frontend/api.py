@@ -1,0 +1,199 @@
+"""The seed's RestAPI as aiohttp handlers: HTTP in, protocol requests out, JSON back.
+
+Every /api/ path is authenticated before routing is honoured, so an anonymous client learns
+nothing (not even whether a path exists). Bodies are parsed strictly, naming the bad field.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from frontend import present
+from frontend.auth import TokenReader, presented_token
+from frontend.errors import HTTP_CODES, error_response
+from protocol import ops, rules
+from protocol.client import HelperClient
+from protocol.errors import LwpError, invalid
+from protocol.tokens import TokenRecord
+
+log = logging.getLogger("lwp.frontend")
+OK = {"status": "ok"}
+# The seed's actions, plus unfreeze and restart.
+ACTIONS: dict[str, type] = {
+    "start": ops.StartContainer,
+    "stop": ops.StopContainer,
+    "freeze": ops.FreezeContainer,
+    "unfreeze": ops.UnfreezeContainer,
+    "restart": ops.RestartContainer,
+}
+TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Api:
+    def __init__(self, client: HelperClient, tokens: TokenReader) -> None:
+        self.client = client
+        self.tokens = tokens
+
+    def routes(self) -> list[web.RouteDef]:
+        table = [
+            ("GET", "/api/v1/containers", self.list_containers),
+            ("PUT", "/api/v1/containers", self.create_container),
+            ("GET", "/api/v1/containers/{name}", self.container_info),
+            ("POST", "/api/v1/containers/{name}", self.container_action),
+            ("DELETE", "/api/v1/containers/{name}", self.destroy_container),
+            ("GET", "/api/v1/tokens", self.list_tokens),
+            ("POST", "/api/v1/tokens", self.create_token),
+            ("DELETE", "/api/v1/tokens/{token}", self.revoke_token),
+        ]
+        # Every route answers with and without a trailing slash; no redirects (the
+        # reference's redirect turned a PUT into a GET).
+        return [web.route(method, path + slash, handler)
+                for method, path, handler in table for slash in ("", "/")]
+
+    # -- middlewares ----------------------------------------------------------------------
+
+    @web.middleware
+    async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = uuid.uuid4().hex
+        request["request_id"] = request_id
+        try:
+            response = await handler(request)
+        except LwpError as exc:
+            response = error_response(exc)
+        except web.HTTPException as exc:
+            code = HTTP_CODES.get(exc.status, "invalid-request")
+            response = error_response(LwpError(code, exc.reason))
+        except Exception:  # noqa: BLE001 — logged in full here, never shown to the client
+            log.exception("request %s failed unexpectedly", request_id)
+            response = error_response(LwpError("internal-error", "internal error"))
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    @web.middleware
+    async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/api/") or request.path == "/api":
+            token = presented_token(request)
+            record = self.tokens.lookup(token) if token else None
+            if record is None:
+                raise LwpError("unauthorized", "Unauthorized")
+            request["token"] = token
+            request["record"] = record
+        return await handler(request)
+
+    # -- forwarding -------------------------------------------------------------------------
+
+    async def call(self, request: web.Request, req: Any) -> Any:
+        op = ops.OP_OF_REQUEST[type(req)]
+        record: TokenRecord = request["record"]
+        if not rules.scope_allows(record.scope, op.scope):
+            raise LwpError("forbidden", "Forbidden")
+        envelope = ops.Envelope(request["request_id"], request["token"],
+                                request.remote or "unknown", req)
+        return await self.client.call(envelope)
+
+    # -- handlers -----------------------------------------------------------------------
+
+    async def list_containers(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.call(request, ops.ListContainers()))
+
+    async def container_info(self, request: web.Request) -> web.Response:
+        info = await self.call(request, ops.ContainerInfo(request.match_info["name"]))
+        return web.json_response(present.container_info(info))
+
+    async def container_action(self, request: web.Request) -> web.Response:
+        name = rules.container_name(request.match_info["name"])
+        body = await json_object(request)
+        action = field(body, "action", str)
+        _no_others(body, {"action"})
+        if action not in ACTIONS:
+            raise invalid("action", f"must be one of {', '.join(ACTIONS)}")
+        await self.call(request, ACTIONS[action](name))
+        return web.json_response(OK)
+
+    async def create_container(self, request: web.Request) -> web.Response:
+        body = await json_object(request)
+        _no_others(body, {"name", "template", "clone", "store", "xargs"})
+        name = field(body, "name", str)
+        template = field(body, "template", str, required=False)
+        clone = field(body, "clone", str, required=False)
+        store = field(body, "store", str, required=False)
+        if (template is None) == (clone is None):
+            raise invalid("template", "give exactly one of template or clone")
+        req: Any
+        if template is not None:
+            xargs = field(body, "xargs", (str, list), required=False)
+            if isinstance(xargs, list) and not all(isinstance(x, str) for x in xargs):
+                raise invalid("xargs", "must be a string or a list of strings")
+            words = tuple(rules.split_xargs(xargs)) if xargs is not None else ()
+            req = ops.CreateContainer(name, template, store, words)
+        else:
+            if body.get("xargs") not in (None, "", []):
+                raise invalid("xargs", "applies to templates only, not to clones")
+            req = ops.CloneContainer(name, clone, store)  # type: ignore[arg-type]
+        await self.call(request, req)
+        return web.json_response(OK)
+
+    async def destroy_container(self, request: web.Request) -> web.Response:
+        name = rules.container_name(request.match_info["name"])
+        force = TRUE_WORDS.get(request.rel_url.query.get("force", "false").lower())
+        if force is None:
+            raise invalid("force", "must be true or false")
+        await self.call(request, ops.DestroyContainer(name, force))
+        return web.json_response(OK)
+
+    async def create_token(self, request: web.Request) -> web.Response:
+        body = await json_object(request)
+        _no_others(body, {"token", "description", "scope", "expires"})
+        req = ops.CreateToken(
+            token=field(body, "token", str, required=False),
+            description=field(body, "description", str, required=False) or "",
+            scope=field(body, "scope", str, required=False) or "admin",
+            expires=field(body, "expires", (int, float), required=False))
+        result = await self.call(request, req)
+        reply: dict[str, Any] = {**OK, "id": result["id"]}
+        if result["token"] is not None:
+            reply["token"] = result["token"]
+        return web.json_response(reply)
+
+    async def revoke_token(self, request: web.Request) -> web.Response:
+        result = await self.call(request, ops.RevokeToken(token=request.match_info["token"]))
+        return web.json_response({**OK, "id": result["id"]})
+
+    async def list_tokens(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.call(request, ops.ListTokens()))
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise invalid("body", "must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise invalid("body", "must be a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], key: str, kind: type | tuple[type, ...],
+          required: bool = True) -> Any:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise invalid(key, "missing")
+        return None
+    # JSON true/false are not numbers, whatever Python's bool subclassing says.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise invalid(key, "has the wrong type")
+    return value
+
+
+def _no_others(body: dict[str, Any], known: set[str]) -> None:
+    for key in body:
+        if key not in known:
+            raise invalid(key, "unknown field")

@@ -1,0 +1,25 @@
+"""The map of the frontend service: configuration, collaborators, routes and middlewares."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from frontend.api import Api
+from frontend.auth import TokenReader
+from frontend.config import FrontendConfig
+from protocol.client import HelperClient
+
+
+def make_app(cfg: FrontendConfig) -> web.Application:
+    client = HelperClient(cfg.socket)
+    api = Api(client, TokenReader(cfg.state_dir))
+    # Errors wrap authentication, which wraps routing: an anonymous client gets 401 on
+    # every /api/ path and method, before a 404 or 405 could tell it anything.
+    app = web.Application(middlewares=[api.errors, api.authenticate],
+                          client_max_size=cfg.max_body)
+    app.add_routes(api.routes())
+
+    async def close_client(_app: web.Application) -> None:
+        await client.close()
+
+    app.on_cleanup.append(close_client)
+    return app

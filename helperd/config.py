@@ -1,0 +1,85 @@
+"""The helper's settings, read from the [helperd] section and shared keys of lwp.toml.
+
+Every allow-list the helper enforces (peers, templates, template options, stores) comes from
+here; none has a client-controlled part.
+"""
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from dataclasses import dataclass
+
+from protocol import config, rules
+from protocol.config import ConfigError
+
+DEFAULT_TEMPLATES = ["busybox"]
+
+
+@dataclass(frozen=True)
+class HelperConfig:
+    socket: str
+    socket_group: str  # the group that may reach the socket: the frontend's, and nothing else
+    allowed_uids: frozenset[int]  # peers served besides root (the frontend's user)
+    state_dir: str
+    audit_dir: str
+    lxcpath: str
+    templates_dir: str
+    templates: frozenset[str]  # templates a client may name (each must also be installed)
+    template_options: dict[str, frozenset[str]]  # per template: the xargs options allowed
+    default_config: str  # the container config every create starts from
+    stores: frozenset[str]
+    stop_timeout: float  # clean shutdown wait before a hard stop; 0 stops hard at once
+    freeze_timeout: float
+    token_min_length: int
+    read_workers: int
+
+
+def _uid(user: str) -> int:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise ConfigError(f"helperd.allowed_users: no such user {user!r}") from None
+
+
+def load(path: str | None) -> HelperConfig:
+    top = config.load(path)
+    sec = top.section("helperd")
+    group = sec.get("socket_group", str, config.SERVICE_USER)
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        raise ConfigError(f"helperd.socket_group: no such group {group!r}") from None
+    options: dict[str, frozenset[str]] = {}
+    opt_sec = sec.section("template_options")
+    for template in opt_sec.data:
+        allowed = frozenset(opt_sec.strings(template, []))
+        reserved = allowed & rules.RESERVED_OPTIONS
+        if reserved:
+            raise ConfigError(f"helperd.template_options.{template}: {sorted(reserved)} are "
+                              "set by liblxc and can never be allowed")
+        options[template] = allowed
+    cfg = HelperConfig(
+        socket=top.get("socket", str, config.DEFAULT_SOCKET),
+        socket_group=group,
+        allowed_uids=frozenset(_uid(u) for u in sec.strings("allowed_users",
+                                                             [config.SERVICE_USER])),
+        state_dir=top.get("state_dir", str, config.DEFAULT_STATE_DIR),
+        audit_dir=sec.get("audit_dir", str, config.DEFAULT_AUDIT_DIR),
+        lxcpath=sec.get("lxcpath", str, "/var/lib/lxc"),
+        templates_dir=sec.get("templates_dir", str, "/usr/share/lxc/templates"),
+        templates=frozenset(sec.strings("templates", DEFAULT_TEMPLATES)),
+        template_options=options,
+        default_config=sec.get("default_config", str, "/etc/lxc/default.conf"),
+        stores=frozenset(sec.strings("stores", ["dir"])),
+        stop_timeout=sec.get("stop_timeout", float, 30.0),
+        freeze_timeout=sec.get("freeze_timeout", float, 10.0),
+        token_min_length=top.section("tokens").get("min_length", int, 20),
+        read_workers=sec.get("read_workers", int, 8),
+    )
+    for key in ("lxcpath", "templates_dir", "state_dir", "audit_dir"):
+        if not os.path.isabs(getattr(cfg, key)):
+            raise ConfigError(f"{key}: must be an absolute path")
+    if cfg.token_min_length < 16:
+        raise ConfigError("tokens.min_length: must be at least 16")
+    return cfg

@@ -1,0 +1,262 @@
+"""The helper's socket server: peer check, strict decoding, authorisation and the ALLOWED table.
+
+ALLOWED *is* the policy (as in OpenSSH's monitor): one row per operation that protocol declares,
+mapping it to its handler. A frame that fails to decode ends the connection after an error reply;
+a request that decodes is re-validated and re-authorised here, whatever the frontend checked.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from helperd.config import HelperConfig
+from helperd.containers import Containers
+from helperd.isolate import run_isolated
+from helperd.tokenstore import TokenStore
+from protocol import framing, ops, rules
+from protocol.errors import LwpError
+
+log = logging.getLogger("lwp.helperd")
+T = TypeVar("T")
+# Room left under the frontend's wait for the helper to report a missed deadline itself.
+DEADLINE_MARGIN = 5.0
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who a request acts for, as the helper itself verified it."""
+
+    token_id: int | None  # None: root on the host, through the admin CLI
+    description: str
+    scope: str
+
+
+class _Slot:
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+@dataclass(frozen=True)
+class Peer:
+    uid: int
+    pid: int
+
+
+class Helper:
+    def __init__(self, cfg: HelperConfig, containers: Containers, tokens: TokenStore) -> None:
+        self.cfg = cfg
+        self.containers = containers
+        self.tokens = tokens
+        self.readers = ThreadPoolExecutor(cfg.read_workers, thread_name_prefix="lxc-read")
+        self._locks: dict[str, _Slot] = {}
+
+    # -- connection handling ------------------------------------------------------------
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        peer = Peer(uid, pid)
+        if uid != 0 and uid not in self.cfg.allowed_uids:
+            log.warning("refused connection from uid %d pid %d: not an allowed peer", uid, pid)
+            writer.close()
+            return
+        try:
+            while True:
+                try:
+                    header = await reader.readexactly(framing.HEADER.size)
+                except asyncio.IncompleteReadError:
+                    return  # a clean hang-up between frames
+                try:
+                    body = await reader.readexactly(framing.body_length(header))
+                    envelope = ops.decode_request(framing.decode_body(body))
+                except LwpError as exc:
+                    # The stream cannot be trusted past a bad frame: answer once, then hang up.
+                    log.warning("bad frame from uid %d pid %d: %s", uid, pid, exc.message)
+                    writer.write(framing.encode_frame(ops.encode_error(exc)))
+                    await writer.drain()
+                    return
+                reply = await self.execute(envelope, peer)
+                writer.write(framing.encode_frame(reply))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    async def execute(self, envelope: ops.Envelope, peer: Peer) -> dict[str, Any]:
+        op = envelope.op
+        started = time.monotonic()
+        try:
+            actor = self.authorize(envelope, peer)
+            result = await ALLOWED[op.name](self, envelope.request, actor)
+        except LwpError as exc:
+            log.info("%s %s by uid %d: %s (%s)", envelope.request_id, op.name, peer.uid,
+                     exc.code, exc.message)
+            return ops.encode_error(exc)
+        except Exception:  # noqa: BLE001 — logged here in full, sent as a bare code
+            log.exception("%s %s failed unexpectedly", envelope.request_id, op.name)
+            return ops.encode_error(LwpError("internal-error", "unexpected failure in the helper"))
+        log.debug("%s %s ok in %.1f ms", envelope.request_id, op.name,
+                  (time.monotonic() - started) * 1000)
+        return ops.encode_ok(result)
+
+    def authorize(self, envelope: ops.Envelope, peer: Peer) -> Actor:
+        if envelope.token is None:
+            # Only root on this host may act without a token: that is the admin CLI, and
+            # the way the first admin token comes to exist.
+            if peer.uid == 0:
+                return Actor(None, "root (local admin CLI)", "admin")
+            raise LwpError("unauthorized", "Unauthorized")
+        record = self.tokens.verify(envelope.token)
+        if record is None:
+            raise LwpError("unauthorized", "Unauthorized")
+        if not rules.scope_allows(record.scope, envelope.op.scope):
+            raise LwpError("forbidden", "Forbidden")
+        return Actor(record.id, record.description, record.scope)
+
+    # -- running work -------------------------------------------------------------------
+
+    async def read(self, call: Callable[..., T], *args: Any, op: str) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self.readers, call, *args),
+                ops.OPS[op].timeout - DEADLINE_MARGIN)
+        except asyncio.TimeoutError:
+            raise LwpError("timeout", f"{op} did not finish in time") from None
+
+    @contextlib.asynccontextmanager
+    async def locked(self, *names: str) -> AsyncIterator[None]:
+        """Serialise mutations per container (in a fixed order, so two never deadlock).
+
+        A lock lives only while someone holds or awaits it, so the table stays small.
+        """
+        ordered = sorted(set(names))
+        for name in ordered:
+            self._locks.setdefault(name, _Slot()).users += 1
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for name in ordered:
+                    await stack.enter_async_context(self._locks[name].lock)
+                yield
+        finally:
+            for name in ordered:
+                slot = self._locks[name]
+                slot.users -= 1
+                if slot.users == 0:
+                    del self._locks[name]
+
+    async def mutate(self, request: Any, *names: str, deadline: float | None = None,
+                     on_timeout: Callable[[], None] | None = None) -> dict[str, str]:
+        """Run a container change in an isolated child, holding the containers' locks."""
+        op = ops.OP_OF_REQUEST[type(request)]
+        method = getattr(self.containers, op.name)
+        limit = op.timeout - DEADLINE_MARGIN if deadline is None else deadline
+        async with self.locked(*names):
+            try:
+                await run_isolated(lambda: method(request), limit)
+            except LwpError as exc:
+                if exc.code == "timeout" and on_timeout is not None:
+                    await run_isolated(on_timeout, limit)
+                raise
+        return {}
+
+
+# -- the ALLOWED table: every operation protocol declares, and nothing else ----------------
+
+Handler = Callable[[Helper, Any, Actor], Awaitable[Any]]
+
+
+async def _list_containers(h: Helper, req: ops.ListContainers, actor: Actor) -> Any:
+    return await h.read(h.containers.list_containers, op="list_containers")
+
+
+async def _container_info(h: Helper, req: ops.ContainerInfo, actor: Actor) -> Any:
+    return await h.read(h.containers.container_info, req.name, op="container_info")
+
+
+async def _named_mutation(h: Helper, req: Any, actor: Actor) -> Any:
+    return await h.mutate(req, req.name)
+
+
+async def _freeze_container(h: Helper, req: ops.FreezeContainer, actor: Actor) -> Any:
+    # liblxc's freeze can wait for ever on a cgroup stuck in FREEZING.
+    return await h.mutate(req, req.name, deadline=h.cfg.freeze_timeout,
+                          on_timeout=lambda: h.containers.thaw_after_timeout(req.name))
+
+
+async def _clone_container(h: Helper, req: ops.CloneContainer, actor: Actor) -> Any:
+    return await h.mutate(req, req.name, req.source)
+
+
+async def _create_token(h: Helper, req: ops.CreateToken, actor: Actor) -> Any:
+    if not rules.scope_allows(actor.scope, req.scope):
+        raise LwpError("forbidden", "a token can only create tokens of its own scope or lower")
+    token_id, token = h.tokens.create(req.token, req.description, req.scope, req.expires)
+    log.info("token %d (%s, %s) created by %s", token_id, req.description, req.scope,
+             actor.description)
+    # The token goes back only when the helper generated it: a client-chosen one it already has.
+    return {"id": token_id, "token": token if req.token is None else None}
+
+
+async def _revoke_token(h: Helper, req: ops.RevokeToken, actor: Actor) -> Any:
+    record = h.tokens.revoke(req.token, req.id)
+    log.info("token %d (%s) revoked by %s", record.id, record.description, actor.description)
+    return {"id": record.id}
+
+
+async def _list_tokens(h: Helper, req: ops.ListTokens, actor: Actor) -> Any:
+    return [record.public() for record in h.tokens.list()]
+
+
+ALLOWED: dict[str, Handler] = {
+    "list_containers": _list_containers,
+    "container_info": _container_info,
+    "start_container": _named_mutation,
+    "stop_container": _named_mutation,
+    "freeze_container": _freeze_container,
+    "unfreeze_container": _named_mutation,
+    "restart_container": _named_mutation,
+    "create_container": _named_mutation,
+    "clone_container": _clone_container,
+    "destroy_container": _named_mutation,
+    "create_token": _create_token,
+    "revoke_token": _revoke_token,
+    "list_tokens": _list_tokens,
+}
+
+
+def listening_socket(cfg: HelperConfig, gid: int) -> socket.socket:
+    """The socket systemd passed us (socket activation), or one we make: 0660 root:gid in 0750."""
+    if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
+        sock = socket.socket(fileno=3)
+        if sock.family != socket.AF_UNIX:
+            raise RuntimeError("the socket systemd passed is not a Unix socket")
+        return sock
+    directory = os.path.dirname(cfg.socket)
+    os.makedirs(directory, mode=0o750, exist_ok=True)
+    os.chown(directory, 0, gid)
+    os.chmod(directory, 0o750)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(cfg.socket)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # never world-connectable, not even for an instant
+    try:
+        sock.bind(cfg.socket)
+    finally:
+        os.umask(old_umask)
+    os.chown(cfg.socket, 0, gid)
+    os.chmod(cfg.socket, 0o660)
+    sock.listen(128)
+    return sock

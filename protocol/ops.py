@@ -1,0 +1,282 @@
+"""Every operation the helper performs: its request type, required scope, flags and deadline.
+
+Requests are frozen dataclasses that validate themselves on construction, so an instance is
+always acceptable input. `decode_request` turns an untrusted msgpack object into one, strictly:
+unknown op, unknown or missing field, wrong type -> `invalid-request` naming the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any, Union
+
+from protocol import rules
+from protocol.errors import LwpError, invalid
+
+# A client-chosen token must be at least this long whatever the configuration says.
+TOKEN_FLOOR = 16
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
+MAX_CLIENT = 128
+
+
+@dataclass(frozen=True)
+class ListContainers:
+    pass
+
+
+@dataclass(frozen=True)
+class _Named:
+    name: str
+
+    def __post_init__(self) -> None:
+        rules.container_name(self.name)
+
+
+class ContainerInfo(_Named):
+    pass
+
+
+class StartContainer(_Named):
+    pass
+
+
+class StopContainer(_Named):
+    pass
+
+
+class FreezeContainer(_Named):
+    pass
+
+
+class UnfreezeContainer(_Named):
+    pass
+
+
+class RestartContainer(_Named):
+    pass
+
+
+@dataclass(frozen=True)
+class CreateContainer:
+    name: str
+    template: str
+    store: str | None = None
+    xargs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        rules.container_name(self.name)
+        rules.template_name(self.template)
+        if self.store is not None:
+            rules.store_name(self.store)
+        rules.parse_xargs(self.xargs)
+
+
+@dataclass(frozen=True)
+class CloneContainer:
+    name: str
+    source: str
+    store: str | None = None
+
+    def __post_init__(self) -> None:
+        rules.container_name(self.name)
+        rules.container_name(self.source, "clone")
+        if self.store is not None:
+            rules.store_name(self.store)
+
+
+@dataclass(frozen=True)
+class DestroyContainer:
+    name: str
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        rules.container_name(self.name)
+
+
+@dataclass(frozen=True)
+class CreateToken:
+    token: str | None = None
+    description: str = ""
+    scope: str = "admin"
+    expires: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.token is not None:
+            rules.token_secret(self.token, TOKEN_FLOOR)
+        rules.description(self.description)
+        rules.scope_name(self.scope)
+        if self.expires is not None and not self.expires > 0:
+            raise invalid("expires", "must be a positive Unix time")
+
+
+@dataclass(frozen=True)
+class RevokeToken:
+    token: str | None = None
+    id: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.token is None) == (self.id is None):
+            raise invalid("token", "give exactly one of token or id")
+        if self.token is not None:
+            rules.token_secret(self.token, 1)
+        if self.id is not None and self.id < 1:
+            raise invalid("id", "must be a positive integer")
+
+
+@dataclass(frozen=True)
+class ListTokens:
+    pass
+
+
+Request = Union[ListContainers, ContainerInfo, StartContainer, StopContainer, FreezeContainer,
+                UnfreezeContainer, RestartContainer, CreateContainer, CloneContainer,
+                DestroyContainer, CreateToken, RevokeToken, ListTokens]
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    request: type
+    scope: str  # the least scope a token needs (rules.SCOPES)
+    mutating: bool  # changes a container: serialised per container, audited before and after
+    timeout: float  # seconds the frontend waits for the reply
+
+
+# The operation table: one name per op through every layer (HTTP handler, helper, liblxc call).
+OPS: dict[str, Op] = {op.name: op for op in (
+    Op("list_containers", ListContainers, "read", False, 30),
+    Op("container_info", ContainerInfo, "read", False, 30),
+    Op("start_container", StartContainer, "operate", True, 60),
+    Op("stop_container", StopContainer, "operate", True, 300),
+    Op("freeze_container", FreezeContainer, "operate", True, 60),
+    Op("unfreeze_container", UnfreezeContainer, "operate", True, 60),
+    Op("restart_container", RestartContainer, "operate", True, 360),
+    Op("create_container", CreateContainer, "admin", True, 1800),
+    Op("clone_container", CloneContainer, "admin", True, 1800),
+    Op("destroy_container", DestroyContainer, "admin", True, 360),
+    Op("create_token", CreateToken, "admin", False, 30),
+    Op("revoke_token", RevokeToken, "admin", False, 30),
+    Op("list_tokens", ListTokens, "admin", False, 30),
+)}
+OP_OF_REQUEST: dict[type, Op] = {op.request: op for op in OPS.values()}
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One request as it crosses the socket, with who asked and on whose behalf."""
+
+    request_id: str
+    token: str | None  # the token the client presented; None only for root's local CLI
+    client: str  # the client address as the frontend saw it ("local" for the CLI)
+    request: Request
+
+    @property
+    def op(self) -> Op:
+        return OP_OF_REQUEST[type(self.request)]
+
+    def __post_init__(self) -> None:
+        if not REQUEST_ID_RE.fullmatch(self.request_id):
+            raise invalid("request_id", "must be 1-64 characters of A-Z a-z 0-9 -")
+        if self.token is not None:
+            rules.token_secret(self.token, 1)
+        if len(self.client) > MAX_CLIENT or not self.client.isprintable():
+            raise invalid("client", f"must be at most {MAX_CLIENT} printable characters")
+
+
+def encode_request(envelope: Envelope) -> dict[str, Any]:
+    args = {f.name: _wire(getattr(envelope.request, f.name))
+            for f in dataclasses.fields(envelope.request)}
+    return {"id": envelope.request_id, "op": envelope.op.name, "token": envelope.token,
+            "client": envelope.client, "args": args}
+
+
+def _wire(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+_ENVELOPE_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,), "op": (str,), "token": (str, type(None)), "client": (str,), "args": (dict,)}
+
+
+def decode_request(obj: object) -> Envelope:
+    """Build an Envelope from an untrusted decoded frame, or raise `invalid-request`."""
+    fields = _exact_map(obj, _ENVELOPE_TYPES, "")
+    op = OPS.get(fields["op"])
+    if op is None:
+        raise invalid("op", f"unknown operation {fields['op']!r}")
+    request = _build(op.request, fields["args"])
+    return Envelope(request_id=fields["id"], token=fields["token"], client=fields["client"],
+                    request=request)
+
+
+def _exact_map(obj: object, types: dict[str, tuple[type, ...]], prefix: str,
+               optional: frozenset[str] = frozenset()) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise invalid(prefix.rstrip(".") or "frame", "must be a map")
+    for key in obj:
+        if key not in types:
+            raise invalid(f"{prefix}{key}", "unknown field")
+    for key, allowed in types.items():
+        if key not in obj:
+            if key in optional:
+                continue
+            raise invalid(f"{prefix}{key}", "missing")
+        value = obj[key]
+        # bool is an int in Python; a field typed int must not accept True.
+        if type(value) not in allowed:
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise invalid(f"{prefix}{key}", f"must be {names}")
+    return dict(obj)
+
+
+def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple[type, ...]] = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        members = typing.get_args(hint) if typing.get_origin(hint) in (Union, _UnionType) else (hint,)
+        # On the wire a tuple is a list, and a float may arrive written as an integer.
+        out[f.name] = tuple(t for m in members
+                            for t in ((list,) if typing.get_origin(m) is tuple
+                                      else (float, int) if m is float else (m,)))
+    return out
+
+
+_UnionType = type(int | None)
+
+
+def _build(cls: type, args: object) -> Any:
+    types = _field_types(cls)
+    optional = frozenset(f.name for f in dataclasses.fields(cls)
+                         if f.default is not dataclasses.MISSING)
+    values = _exact_map(args, types, "", optional)
+    for key, value in values.items():
+        if isinstance(value, list):
+            if not all(type(item) is str for item in value):
+                raise invalid(key, "must be a list of strings")
+            values[key] = tuple(value)
+    return cls(**values)
+
+
+def encode_ok(result: Any) -> dict[str, Any]:
+    return {"ok": True, "result": result}
+
+
+def encode_error(error: LwpError) -> dict[str, Any]:
+    return {"ok": False, "code": error.code, "error": error.message}
+
+
+def decode_reply(obj: object) -> Any:
+    """The result of a reply, or the LwpError it carries; a malformed reply is a protocol error."""
+    if isinstance(obj, dict) and obj.get("ok") is True and set(obj) == {"ok", "result"}:
+        return obj["result"]
+    if (isinstance(obj, dict) and obj.get("ok") is False and set(obj) == {"ok", "code", "error"}
+            and isinstance(obj["code"], str) and isinstance(obj["error"], str)):
+        try:
+            return_error = LwpError(obj["code"], obj["error"])
+        except ValueError:
+            return_error = LwpError("protocol-error", "the helper sent an unknown error code")
+        raise return_error
+    raise LwpError("protocol-error", "the helper sent a malformed reply")

@@ -1,0 +1,81 @@
+"""The token store's format, shared by its one writer (the helper) and its reader (the frontend).
+
+Only HMAC-SHA256(key, token) is stored, never a token. Lookup is by digest through the unique
+index, so an unknown token and a known one with a wrong secret cost the same.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import sqlite3
+from dataclasses import dataclass
+
+DB_FILE = "tokens.sqlite3"
+KEY_FILE = "token.key"
+KEY_BYTES = 32
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    digest BLOB NOT NULL UNIQUE,
+    description TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL,
+    last_used REAL
+)"""
+COLUMNS = "id, digest, description, scope, created, expires, last_used"
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: int
+    description: str
+    scope: str
+    created: float
+    expires: float | None
+    last_used: float | None
+
+    def public(self) -> dict[str, object]:
+        """What may be shown about a token: everything but its secret, which we never have."""
+        return {"id": self.id, "description": self.description, "scope": self.scope,
+                "created": self.created, "expires": self.expires, "last_used": self.last_used}
+
+
+def digest(key: bytes, token: str) -> bytes:
+    return hmac.new(key, token.encode("utf-8"), hashlib.sha256).digest()
+
+
+def load_key(state_dir: str) -> bytes:
+    with open(os.path.join(state_dir, KEY_FILE), "rb") as f:
+        key = f.read()
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"{KEY_FILE} must hold exactly {KEY_BYTES} bytes")
+    return key
+
+
+def open_reader(state_dir: str) -> sqlite3.Connection:
+    """A read-only connection: the frontend may verify tokens but never write one."""
+    path = os.path.join(state_dir, DB_FILE)
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                           isolation_level=None)
+
+
+def row_record(row: tuple[object, ...]) -> TokenRecord:
+    id_, _digest, description, scope, created, expires, last_used = row
+    return TokenRecord(int(id_), str(description), str(scope), float(created),  # type: ignore[arg-type]
+                       None if expires is None else float(expires),  # type: ignore[arg-type]
+                       None if last_used is None else float(last_used))  # type: ignore[arg-type]
+
+
+def lookup(conn: sqlite3.Connection, key: bytes, token: str, now: float) -> TokenRecord | None:
+    """The live (known, unexpired) token record for a presented token, else None."""
+    wanted = digest(key, token)
+    row = conn.execute(f"SELECT {COLUMNS} FROM tokens WHERE digest = ?", (wanted,)).fetchone()
+    if row is None or not hmac.compare_digest(row[1], wanted):
+        return None
+    record = row_record(row)
+    if record.expires is not None and record.expires <= now:
+        return None
+    return record
