@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-Getter = Callable[[str], str]  # raises KeyError for an item the cgroup does not have
+# liblxc's getter: raises KeyError for an item the cgroup lacks, ValueError when it cannot be
+# read (seen right after start and while a container stops), and may return False.
+Getter = Callable[[str], object]
 
 
 def _read(get: Getter, item: str) -> str:
     try:
-        return get(item)
-    except KeyError:
+        value = get(item)
+    except (KeyError, ValueError):
         return ""
+    return value if isinstance(value, str) else ""
 
 
 def _int(text: str) -> int:

@@ -83,7 +83,10 @@ class Containers:
         ips = [str(a) for a in c.get_ips()]
         ip = next((a for a in ips if ":" not in a), ips[0] if ips else "")
         host_rx, host_tx = self._host_side_bytes(c)
-        return {"name": name, "state": state, "pid": int(c.init_pid), "ip": ip,
+        pid = int(c.init_pid)
+        if pid < 1:  # it stopped while we looked
+            return {"name": name, "state": "STOPPED", "pid": 0}
+        return {"name": name, "state": state, "pid": pid, "ip": ip,
                 "link": _config_item(c.get_config_item, "lxc.net.0.link"),
                 # Seen from the container: what it receives is what the host side sends.
                 "rx_bytes": host_tx, "tx_bytes": host_rx, **stats}

@@ -1,0 +1,33 @@
+# The README's commands. Everything runs as root on Debian 12 with Debian's own packages.
+PY := /usr/bin/python3
+RUNTIME_DEPS := lxc python3-lxc python3-aiohttp python3-msgpack rsync
+TEST_DEPS := $(RUNTIME_DEPS) busybox-static iproute2 python3-pytest python3-pytest-aiohttp \
+             python3-pytest-timeout python3-mypy python3-venv
+VENV := .venv
+APT := DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: deps test-deps run test lint unit
+
+deps:
+	$(APT) update -qq
+	$(APT) install -y -qq --no-install-recommends $(RUNTIME_DEPS)
+
+test-deps:
+	$(APT) update -qq
+	$(APT) install -y -qq --no-install-recommends $(TEST_DEPS)
+	test -x $(VENV)/bin/ruff || { $(PY) -m venv --system-site-packages $(VENV) && \
+	    $(VENV)/bin/pip install -q ruff; }
+
+# Run the service from this checkout: root helper + frontend (as user lwp) on 127.0.0.1:5000.
+run: deps
+	$(PY) tools/run_service.py
+
+lint:
+	$(VENV)/bin/ruff check protocol helperd frontend tests
+	$(PY) -m mypy
+
+unit:
+	$(PY) -m pytest
+
+# The whole test suite: lint, type checks, and every test against real liblxc.
+test: test-deps lint unit

@@ -1,0 +1,219 @@
+"""Fixtures: a real helper (subprocess, real Unix socket, real liblxc) in a temporary world.
+
+Everything a test run touches lives under one temporary directory: its own lxcpath, state
+directory, socket and templates. Containers are named `t-<random>` and destroyed at the end;
+nothing outside that directory is touched.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from frontend.app import make_app
+from frontend.config import FrontendConfig
+from protocol import ops
+from protocol.client import HelperClient
+
+PYTHON = "/usr/bin/python3"  # the only interpreter that can import lxc
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REAL_TEMPLATES = "/usr/share/lxc/templates"
+
+RECORDER = """#!/bin/sh
+# A test template: records the arguments liblxc passed, then makes a minimal rootfs.
+set -e
+path=""
+for arg in "$@"; do case "$arg" in --path=*) path="${arg#--path=}";; esac; done
+mkdir -p "$path/rootfs"
+printf '%s\\n' "$@" > "$path/template-args"
+"""
+FAILING = """#!/bin/sh
+# A test template that half-creates a rootfs, then fails: nothing may remain afterwards.
+for arg in "$@"; do case "$arg" in --path=*) path="${arg#--path=}";; esac; done
+mkdir -p "$path/rootfs/etc" && echo partial > "$path/rootfs/etc/partial"
+echo "disk quota exceeded while unpacking" >&2
+exit 3
+"""
+SLOW = """#!/bin/sh
+# A test template that takes its time, as real templates do.
+for arg in "$@"; do case "$arg" in --path=*) path="${arg#--path=}";; esac; done
+sleep 3
+mkdir -p "$path/rootfs"
+"""
+
+
+@dataclass
+class World:
+    base: str
+    lxcpath: str
+    state_dir: str
+    socket: str
+    config: str
+    log: str
+    frontend: FrontendConfig
+    process: subprocess.Popen[bytes] | None = None
+
+    def call(self, request: Any, token: str | None = None) -> Any:
+        """One request to the helper as root (no token needed) or with a token."""
+        async def go() -> Any:
+            client = HelperClient(self.socket)
+            try:
+                return await client.call(ops.Envelope(uuid.uuid4().hex, token, "test", request))
+            finally:
+                await client.close()
+        return asyncio.run(go())
+
+    def start_helper(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [PYTHON, "-m", "helperd", "--config", self.config, "--debug"],
+                cwd=ROOT, stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.socket):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the helper did not start; see " + self.log)
+            time.sleep(0.02)
+
+    def stop_helper(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def container_dirs(self) -> set[str]:
+        return set(os.listdir(self.lxcpath))
+
+
+def write_config(base: str, extra: str = "") -> str:
+    path = os.path.join(base, "lwp.toml")
+    with open(path, "w") as f:
+        f.write(f"""
+socket = "{base}/run/helperd.sock"
+state_dir = "{base}/state"
+[tokens]
+min_length = 20
+[helperd]
+socket_group = "nogroup"
+allowed_users = []
+lxcpath = "{base}/lxc"
+templates_dir = "{base}/templates"
+templates = ["busybox", "recorder", "failing", "slow"]
+default_config = "{base}/default.conf"
+stores = ["dir"]
+stop_timeout = 1
+freeze_timeout = 5
+audit_dir = "{base}/audit"
+[helperd.template_options]
+recorder = ["flavor", "release"]
+{extra}
+""")
+    return path
+
+
+def make_world() -> World:
+    base = tempfile.mkdtemp(prefix="lwp-test-")
+    os.chmod(base, 0o755)  # `nobody` must be able to reach the socket to be refused by uid
+    lxcpath = os.path.join(base, "lxc")
+    os.makedirs(lxcpath)
+    templates = os.path.join(base, "templates")
+    os.makedirs(templates)
+    os.symlink(os.path.join(REAL_TEMPLATES, "lxc-busybox"), os.path.join(templates, "lxc-busybox"))
+    for name, text in (("recorder", RECORDER), ("failing", FAILING), ("slow", SLOW)):
+        path = os.path.join(templates, f"lxc-{name}")
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o755)
+    with open(os.path.join(base, "default.conf"), "w") as f:
+        f.write("lxc.net.0.type = empty\n")
+    config = write_config(base)
+    world = World(base=base, lxcpath=lxcpath, state_dir=os.path.join(base, "state"),
+                  socket=os.path.join(base, "run", "helperd.sock"), config=config,
+                  log=os.path.join(base, "helperd.log"),
+                  frontend=FrontendConfig(socket=os.path.join(base, "run", "helperd.sock"),
+                                          state_dir=os.path.join(base, "state"),
+                                          listen="127.0.0.1", port=0, max_body=64 * 1024))
+    return world
+
+
+def destroy_world(world: World) -> None:
+    world.stop_helper()
+    import lxc  # only the test harness's cleanup; product code outside helperd never does
+    for name in lxc.list_containers(config_path=world.lxcpath, as_object=False):
+        c = lxc.Container(name, world.lxcpath)
+        if c.running:
+            c.stop()
+        c.destroy()
+    if not os.environ.get("LWP_KEEP_TEST_DIR"):
+        shutil.rmtree(world.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def world() -> Iterator[World]:
+    if os.geteuid() != 0:
+        pytest.fail("the test suite runs real liblxc and must run as root")
+    w = make_world()
+    w.start_helper()
+    try:
+        yield w
+    finally:
+        destroy_world(w)
+
+
+@dataclass(frozen=True)
+class Tokens:
+    admin: str
+    operate: str
+    read: str
+
+
+@pytest.fixture(scope="session")
+def tokens(world: World) -> Tokens:
+    made = {scope: world.call(ops.CreateToken(None, f"test {scope}", scope))["token"]
+            for scope in ("admin", "operate", "read")}
+    return Tokens(**made)
+
+
+@pytest.fixture
+async def api(world: World, aiohttp_client: Any) -> Any:
+    return await aiohttp_client(make_app(world.frontend))
+
+
+def new_name() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def admin(tokens: Tokens) -> dict[str, str]:
+    return {"private-token": tokens.admin}
+
+
+async def make_container(api: Any, headers: dict[str, str], template: str = "busybox",
+                         start: bool = False) -> str:
+    name = new_name()
+    r = await api.put("/api/v1/containers", json={"name": name, "template": template},
+                      headers=headers)
+    assert r.status == 200, await r.text()
+    if start:
+        r = await api.post(f"/api/v1/containers/{name}", json={"action": "start"},
+                           headers=headers)
+        assert r.status == 200, await r.text()
+    return name
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Fail loudly rather than skip: a real-LXC test that cannot run proves nothing.
+    if any(i.get_closest_marker("lxc") for i in items):
+        try:
+            import lxc  # noqa: F401
+        except ImportError:
+            raise pytest.UsageError(
+                f"run the tests with {PYTHON}, the interpreter that has python3-lxc") from None
