@@ -6,7 +6,7 @@ TEST_DEPS := $(RUNTIME_DEPS) busybox-static iproute2 python3-pytest python3-pyte
 VENV := .venv
 APT := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: deps test-deps run test lint unit
+.PHONY: deps test-deps run test lint unit security bench bench-small
 
 deps:
 	$(APT) update -qq
@@ -27,7 +27,35 @@ lint:
 	$(PY) -m mypy
 
 unit:
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not security"
+
+# Attack, fuzz and fault tests (issue: safe to put on a network).
+security: test-deps
+	$(PY) -m pytest -m security
+
+# The benchmark: direct python3-lxc against the whole HTTP chain, in one run.
+bench: test-deps
+	$(PY) bench/run.py
+
+# The small benchmark CI runs so it cannot rot.
+bench-small: test-deps
+	$(PY) bench/run.py --small
 
 # The whole test suite: lint, type checks, and every test against real liblxc.
 test: test-deps lint unit
+
+# --- Debian package (packaging/deb/, packaging/systemd/, packaging/deb-test/) ---------------
+.PHONY: deb deb-test deb-clean
+
+# build/deb/lxc-web-panel_<version>_all.deb (+ .dsc/.changes), lintian-clean or it fails.
+deb:
+	packaging/deb/build-deb
+
+# Install the package in a debootstrapped Debian 12 booted as an LXC container with systemd,
+# and check it runs, survives restarts and an upgrade, and purges cleanly (~5-10 minutes).
+deb-test:
+	$(PY) packaging/deb-test/run.py
+
+deb-clean:
+	rm -rf build/deb
+	$(PY) packaging/deb-test/run.py --clean-cache
