@@ -58,4 +58,4 @@ deb-test:
 
 deb-clean:
 	rm -rf build/deb
-	$(PY) packaging/deb-test/run.py --clean-cache
+	$(PY) packaging/deb-test/run.py --clean

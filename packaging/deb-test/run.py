@@ -1,0 +1,645 @@
+"""`make deb-test`: install the package on a real Debian 12 with systemd as PID 1, and check it.
+
+Builds the package twice (the version in debian/changelog and a higher one), makes a bookworm
+root with debootstrap (cached in /var/cache/lwp-deb-test/), installs the package there with apt
+so its dependencies come from the archive, boots that root as an LXC system container in an
+lxcpath of the test's own (/var/tmp/lwp-deb-test, no network: lxc.net.0.type = empty) and then,
+inside it: 1 units, socket and users; 2 the API with the postinst token; 3 a nested busybox
+container made and started through the API, which must not inherit the helper's sandbox;
+4 restarts of both services leave it running; 5 an upgrade keeps tokens, config, audit trail and
+the container; 6 a purge leaves no file of the package behind. Exits non-zero on any failure.
+
+Run as root with /usr/bin/python3 (python3-lxc). Touches no container but its own.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TOP = Path(__file__).resolve().parents[2]
+CACHE = Path("/var/cache/lwp-deb-test")
+RUN = Path("/var/tmp/lwp-deb-test")  # the test's own lxcpath, removed afterwards
+NAME = "lwp-deb-test"
+SUITE = "bookworm"
+MIRROR = os.environ.get("LWP_DEBTEST_MIRROR", "http://deb.debian.org/debian")
+INCLUDE = "systemd,systemd-sysv,dbus"
+HOST_DEPS = ["debootstrap", "lxc", "python3-lxc"]
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+API = "http://127.0.0.1:5000/api/v1"
+TOKEN_FILE = "/var/lib/lwp/initial-admin-token"
+PROBE = "/root/lwp-probe.py"
+NESTED = "bb1"
+# Paths under the test root that are not its persistent file system (or are the test's own).
+SNAPSHOT_SKIP = ("proc", "sys", "dev", "run", "tmp")
+TEST_OWN = ("/root/debs", "/root/lwp-probe.py", "/root/second-token")
+
+T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", flush=True)
+
+
+class Failed(Exception):
+    """A step cannot go on (its remaining checks would only repeat the failure)."""
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, bool, str]] = []
+        self.step = ""
+        self.timings: dict[str, float] = {}
+
+    def check(self, name: str, ok: bool, detail: object = "") -> bool:
+        text = detail if isinstance(detail, str) else json.dumps(detail, default=str)
+        self.rows.append((self.step, name, bool(ok), text))
+        log(f"  {'ok  ' if ok else 'FAIL'} {name}{': ' + text if text else ''}")
+        return bool(ok)
+
+    def must(self, name: str, ok: bool, detail: object = "") -> None:
+        if not self.check(name, ok, detail):
+            raise Failed(name)
+
+    def failed(self) -> list[tuple[str, str, bool, str]]:
+        return [r for r in self.rows if not r[2]]
+
+    def summary(self) -> str:
+        lines = ["", "=" * 78, "deb-test summary", "=" * 78]
+        for step in dict.fromkeys(r[0] for r in self.rows):
+            rows = [r for r in self.rows if r[0] == step]
+            bad = [r for r in rows if not r[2]]
+            took = self.timings.get(step)
+            lines.append(f"{'PASS' if not bad else 'FAIL'}  {step}  ({len(rows) - len(bad)}/"
+                         f"{len(rows)} checks{f', {took:.1f} s' if took is not None else ''})")
+            for r in bad:
+                lines.append(f"        failed: {r[1]}: {r[3][:300]}")
+        passed = sum(1 for r in self.rows if r[2])
+        lines.append(f"total {time.monotonic() - T0:.0f} s")
+        lines.append(f"deb-test: {passed} passed, {len(self.rows) - passed} failed")
+        return "\n".join(lines)
+
+
+R = Report()
+
+
+# -- host side -------------------------------------------------------------------------------
+
+def run(argv: list[str], check: bool = True, env: dict[str, str] | None = None,
+        log_file: Path | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, text=True, capture_output=True, env=env, **kw)
+    if log_file is not None:
+        log_file.write_text(proc.stdout + proc.stderr)
+    if check and proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip()[-2000:]
+        raise Failed(f"{' '.join(argv[:6])} exited {proc.returncode}: {tail}")
+    return proc
+
+
+def clean_env() -> dict[str, str]:
+    return {"PATH": PATH, "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+
+
+def ensure_host_deps() -> None:
+    missing = [p for p in HOST_DEPS
+               if run(["dpkg-query", "-W", "-f=${Status}", p], check=False).stdout
+               != "install ok installed"]
+    if missing:
+        log(f"installing host packages: {' '.join(missing)}")
+        run(["apt-get", "update", "-qq"], env=clean_env())
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            env=clean_env())
+
+
+def build(version: str | None) -> Path:
+    env = {k: v for k, v in os.environ.items() if k != "DEB_VERSION"}
+    if version:
+        env["DEB_VERSION"] = version
+    proc = run([str(TOP / "packaging/deb/build-deb")], env=env)
+    lintian = [line for line in proc.stderr.splitlines() if line[:3] in ("E: ", "W: ", "I: ")]
+    deb = Path(proc.stdout.strip().splitlines()[-1])
+    R.check(f"built {deb.name} (lintian: {len(lintian)} tags at E/W/I)", deb.is_file(),
+            "; ".join(lintian))
+    return deb
+
+
+def base_root() -> Path:
+    """A debootstrapped bookworm, cached per ISO week, mirror and package list."""
+    year, week, _ = datetime.date.today().isocalendar()
+    key = hashlib.sha256(f"{SUITE} {MIRROR} minbase {INCLUDE}".encode()).hexdigest()[:10]
+    base = CACHE / f"base-{SUITE}-{year}w{week:02d}-{key}"
+    if (base / "complete").exists():
+        log(f"debootstrap cache hit: {base}")
+        return base / "rootfs"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    for old in CACHE.glob("base-*"):
+        shutil.rmtree(old)
+    log(f"debootstrap {SUITE} from {MIRROR} into {base} (cached afterwards)")
+    base.mkdir()
+    run(["debootstrap", "--variant=minbase", f"--include={INCLUDE}", SUITE,
+         str(base / "rootfs"), MIRROR], env=clean_env(), log_file=base / "debootstrap.log")
+    (base / "complete").touch()
+    return base / "rootfs"
+
+
+def mounts_under(path: Path) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1].replace("\\040", " ") for line in f]
+    prefix = str(path).rstrip("/") + "/"
+    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
+
+
+def cleanup(keep_cache: bool = True) -> None:
+    """Remove this test's container and lxcpath (never anything outside RUN)."""
+    import lxc  # type: ignore[import-not-found]
+    if RUN.exists():
+        c = lxc.Container(NAME, str(RUN))
+        if c.defined and c.running:
+            log(f"stopping test container {NAME}")
+            c.stop()
+            c.wait("STOPPED", 30)
+        for point in mounts_under(RUN):
+            subprocess.run(["umount", "-l", point], check=False)
+        shutil.rmtree(RUN, ignore_errors=True)
+    if not keep_cache:
+        shutil.rmtree(CACHE, ignore_errors=True)
+
+
+def snapshot(rootfs: Path) -> set[str]:
+    """Every path of the test root's persistent file system, as seen from inside."""
+    paths: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(rootfs):
+        rel = "/" + os.path.relpath(dirpath, rootfs)
+        if rel == "/.":
+            rel = "/"
+            dirnames[:] = [d for d in dirnames if d not in SNAPSHOT_SKIP]
+        for name in dirnames + filenames:
+            paths.add(os.path.join(rel, name))
+    return paths
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def chroot_install(rootfs: Path, deb: Path, logs: Path) -> str:
+    """apt-get install the package (and busybox-static, for the test only) in the chroot."""
+    debs = rootfs / "root/debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(deb, debs / deb.name)
+    shutil.copy2("/etc/resolv.conf", rootfs / "etc/resolv.conf")
+    policy = rootfs / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\n# deb-test: start no service in the chroot\nexit 101\n")
+    policy.chmod(0o755)
+    archives = CACHE / "apt-archives"
+    (archives / "partial").mkdir(parents=True, exist_ok=True)
+    mounted = []
+    try:
+        for argv in (["mount", "-t", "proc", "proc", str(rootfs / "proc")],
+                     ["mount", "--bind", str(archives), str(rootfs / "var/cache/apt/archives")]):
+            run(argv)
+            mounted.append(argv[-1])
+        chroot = ["chroot", str(rootfs)]
+        run([*chroot, "apt-get", "update", "-q"], env=clean_env())
+        proc = run([*chroot, "apt-get", "install", "-y", "-q", f"/root/debs/{deb.name}",
+                    "busybox-static"], env=clean_env(), log_file=logs / "chroot-install.log")
+        # Only the archive cache is kept; lists are refreshed each run.
+        run([*chroot, "apt-get", "clean"], env=clean_env(), check=False)
+    finally:
+        for point in reversed(mounted):
+            subprocess.run(["umount", point], check=False)
+        policy.unlink()
+    return proc.stdout + proc.stderr
+
+
+def configure_test_host(rootfs: Path) -> None:
+    """The test root's own LXC setup: no bridge (it has no network), nested containers get none."""
+    (rootfs / "etc/hostname").write_text(f"{NAME}\n")
+    (rootfs / "etc/lxc/default.conf").write_text(
+        "# deb-test: this test root has no network, so nested containers get none either\n"
+        "lxc.net.0.type = empty\n")
+    lxcnet = rootfs / "etc/default/lxc-net"
+    lxcnet.write_text('USE_LXC_BRIDGE="false"\n')
+    shutil.copy2(TOP / "packaging/deb-test/probe.py", rootfs / PROBE.lstrip("/"))
+
+
+def container_config(rootfs: Path) -> str:
+    return f"""# deb-test: a Debian 12 with systemd as PID 1 that can run nested LXC containers.
+lxc.uts.name = {NAME}
+lxc.rootfs.path = dir:{rootfs}
+lxc.include = /usr/share/lxc/config/common.conf
+lxc.include = /usr/share/lxc/config/nesting.conf
+# Our own throwaway container: no LSM confinement (this host may not have AppArmor at all).
+lxc.apparmor.profile = unconfined
+# Mount the cgroup hierarchies as the host has them (":force"), writable, so the nested
+# liblxc can make its containers' cgroups; without it systemd mounts cgroup v1 controllers
+# itself and joins cpu,cpuacct, which a host that mounts them apart cannot give it.
+lxc.mount.auto =
+lxc.mount.auto = proc:rw sys:rw cgroup:rw:force
+lxc.net.0.type = empty
+lxc.autodev = 1
+lxc.tty.max = 1
+lxc.pty.max = 64
+lxc.log.file = {RUN / NAME / "lxc.log"}
+lxc.log.level = WARN
+lxc.console.logfile = {RUN / NAME / "console.log"}
+"""
+
+
+def boot(rootfs: Path) -> Any:
+    import lxc
+    (RUN / NAME / "config").write_text(container_config(rootfs))
+    c = lxc.Container(NAME, str(RUN))
+    # liblxc's start() moves its caller into the container's monitor cgroups for good: start
+    # from a short-lived child so this process (and its make) stays where it was.
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os._exit(0 if c.start() else 1)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    c = lxc.Container(NAME, str(RUN))
+    R.must("test container started", os.waitstatus_to_exitcode(status) == 0 and
+           c.wait("RUNNING", 30), c.state)
+    return c
+
+
+# -- inside the test container ---------------------------------------------------------------
+
+class Inside:
+    def __init__(self, c: Any, rootfs: Path) -> None:
+        self.c = c
+        self.rootfs = rootfs
+
+    def run(self, argv: list[str], timeout: int = 300) -> tuple[int, str, str]:
+        import lxc
+        if timeout:
+            argv = ["timeout", str(timeout), *argv]
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            status = self.c.attach_wait(
+                lxc.attach_run_command, argv, env_policy=lxc.LXC_ATTACH_CLEAR_ENV,
+                extra_env_vars=[f"PATH={PATH}", "LANG=C.UTF-8", "DEBIAN_FRONTEND=noninteractive"],
+                stdout=out, stderr=err, initial_cwd="/")
+            out.seek(0)
+            err.seek(0)
+            return (os.waitstatus_to_exitcode(status), out.read().decode("utf-8", "replace"),
+                    err.read().decode("utf-8", "replace"))
+
+    def out(self, argv: list[str], timeout: int = 300) -> str:
+        rc, out, err = self.run(argv, timeout)
+        if rc != 0:
+            raise Failed(f"{' '.join(argv)} exited {rc}: {(out + err).strip()[-1500:]}")
+        return out
+
+    def probe(self, *args: str) -> Any:
+        return json.loads(self.out(["python3", PROBE, *args]))
+
+    def http(self, method: str, path: str, body: object = None,
+             token_file: str = TOKEN_FILE) -> dict[str, Any]:
+        payload = "-" if body is None else json.dumps(body)
+        result: dict[str, Any] = self.probe("http", method, f"{API}{path}", payload, token_file)
+        return result
+
+    def wait_api(self, token_file: str = TOKEN_FILE, deadline: float = 30) -> dict[str, Any]:
+        result: dict[str, Any] = self.probe("wait-http", f"{API}/containers", token_file,
+                                            str(deadline))
+        return result
+
+    def main_pid(self, unit: str) -> int:
+        return int(self.out(["systemctl", "show", "-p", "MainPID", "--value", unit]).strip())
+
+    def active(self, *units: str) -> dict[str, str]:
+        _, out, _ = self.run(["systemctl", "is-active", *units])
+        return dict(zip(units, out.split()))
+
+    def nested(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.http("GET", f"/containers/{NESTED}")
+        return result
+
+
+# -- the steps -------------------------------------------------------------------------------
+
+def step(title: str) -> None:
+    R.step = title
+    log(f"== {title}")
+
+
+def step_units(ins: Inside) -> None:
+    deadline = time.monotonic() + 120
+    while True:  # until systemd answers at all, then until it has finished booting
+        out = ins.run(["systemctl", "is-system-running", "--wait"], timeout=120)[1]
+        if out.strip() not in ("", "offline", "unknown", "initializing", "starting") \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    log(f"  systemd says {out.strip()!r} after {time.monotonic() - T0:.1f} s of the run")
+    failed_units = ins.run(["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"])[1]
+    R.check("systemd booted (PID 1 of the test root)", out.strip() in ("running", "degraded"),
+            f"{out.strip()}; failed units: {' '.join(l.split()[0] for l in failed_units.splitlines() if l.strip()) or 'none'}")
+    states = ins.active("lwp-helperd.socket", "lwp-frontend.service")
+    R.check("lwp-helperd.socket and lwp-frontend.service active",
+            all(v == "active" for v in states.values()), states)
+    expected = {
+        "/run/lwp": ("dir", "root", "lwp", "0750"),
+        "/run/lwp/helperd.sock": ("socket", "root", "lwp", "0660"),
+        "/etc/lwp/lwp.toml": ("file", "root", "root", "0644"),
+        "/var/lib/lwp": ("dir", "root", "lwp", "0750"),
+        "/var/lib/lwp/token.key": ("file", "root", "lwp", "0640"),
+        "/var/lib/lwp/tokens.sqlite3": ("file", "root", "lwp", "0640"),
+        TOKEN_FILE: ("file", "root", "root", "0600"),
+        "/var/log/lwp": ("dir", "root", "adm", "0750"),
+    }
+    seen = ins.probe("stat", *expected)
+    for path, (kind, user, group, mode) in expected.items():
+        got = seen[path]
+        R.check(f"{path} is {kind} {user}:{group} {mode}",
+                (got.get("type"), got.get("user"), got.get("group"), got.get("mode"))
+                == (kind, user, group, mode), got)
+    lwp_uid = ins.out(["id", "-u", "lwp"]).strip()
+    front = ins.probe("proc", str(ins.main_pid("lwp-frontend.service")))
+    R.check("frontend runs as user lwp (real, effective, saved, fs uid)",
+            front["Uid"].split() == [lwp_uid] * 4, front["Uid"])
+    R.check("frontend has no capabilities and no_new_privs",
+            int(front["CapEff"], 16) == 0 and int(front["CapBnd"], 16) == 0
+            and front["NoNewPrivs"] == "1", front)
+    in_site = [p for p in ("frontend", "helperd", "protocol")
+               if (ins.rootfs / "usr/lib/python3/dist-packages" / p).exists()]
+    R.check("modules only in the private /usr/lib/lxc-web-panel", not in_site and
+            (ins.rootfs / "usr/lib/lxc-web-panel/helperd/__main__.py").exists(), in_site)
+
+
+def step_list(ins: Inside) -> None:
+    res = ins.wait_api()
+    R.must("GET /api/v1/containers with the postinst token is 200", res["status"] == 200, res)
+    R.check("the answer is a JSON list, application/json",
+            isinstance(res["body"], list) and res["content_type"].startswith("application/json"),
+            res)
+    res = ins.http("GET", "/containers", token_file="")
+    R.check("without a token: 401", res["status"] == 401, res)
+
+
+# Capability bits (linux/capability.h) a container keeps but the helper's sandbox drops.
+CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
+
+
+def step_nested(ins: Inside, state: dict[str, Any]) -> None:
+    res = ins.http("PUT", "/containers", {"name": NESTED, "template": "busybox"})
+    R.must(f"PUT /api/v1/containers {NESTED} (busybox) is 200", res["status"] == 200, res)
+    res = ins.http("POST", f"/containers/{NESTED}", {"action": "start"})
+    R.must(f"POST start {NESTED} is 200", res["status"] == 200, res)
+    info = ins.nested()
+    R.must(f"GET {NESTED}: RUNNING with a pid", info["status"] == 200 and
+           info["body"].get("state") == "RUNNING" and int(info["body"].get("pid", 0)) > 0, info)
+    pid = int(info["body"]["pid"])
+    state["pid"] = pid
+    init = ins.probe("proc", str(pid))
+    monitor = ins.probe("proc", init["PPid"])
+    state["monitor"] = monitor
+    helper_pid = ins.main_pid("lwp-helperd.service")
+    helper = ins.probe("proc", str(helper_pid)) if helper_pid else {}
+    log(f"  nested init: {init}")
+    log(f"  its monitor: {monitor}")
+    log(f"  the helper:  {helper}")
+    bnd = int(init["CapBnd"], 16)
+    R.check("container init did not inherit no_new_privs from the helper",
+            init["NoNewPrivs"] == "0", init["NoNewPrivs"])
+    R.check("container init keeps CAP_NET_ADMIN and CAP_NET_RAW (the helper's bounding set "
+            "has neither)", bool(bnd >> CAP_NET_ADMIN & 1 and bnd >> CAP_NET_RAW & 1),
+            init["CapBnd"])
+    R.check("container monitor is outside the helper's mount namespace",
+            not helper or monitor["mntns"] != helper["mntns"],
+            {"monitor": monitor["mntns"], "helper": helper.get("mntns")})
+    R.check("container monitor and init are outside lwp-helperd.service's cgroup",
+            not any("lwp-helperd" in line for line in monitor["cgroup"] + init["cgroup"]),
+            {"monitor": monitor["cgroup"], "init": init["cgroup"]})
+    unit = next((line.rsplit("/", 1)[-1] for line in monitor["cgroup"]
+                 if line.startswith(("0::", "1:name=systemd:")) or ":name=systemd:" in line), "?")
+    log(f"  the monitor's systemd cgroup ends in: {unit}")
+
+
+def step_restarts(ins: Inside, state: dict[str, Any]) -> None:
+    for unit in ("lwp-helperd.service", "lwp-frontend.service"):
+        before = ins.main_pid(unit)
+        started = time.monotonic()
+        rc, out, err = ins.run(["systemctl", "restart", unit])
+        R.check(f"systemctl restart {unit}", rc == 0, (out + err).strip())
+        res = ins.wait_api()
+        took = time.monotonic() - started
+        R.check(f"API answers again after restarting {unit} ({took:.1f} s)",
+                res["status"] == 200 and took < 15, res)
+        R.check(f"{unit} got a new main process", ins.main_pid(unit) not in (0, before))
+        if "pid" in state:
+            info = ins.nested()
+            R.check(f"{NESTED} still RUNNING, same init pid, after restarting {unit}",
+                    info["body"].get("state") == "RUNNING"
+                    and int(info["body"].get("pid", 0)) == state["pid"], info)
+    # Socket activation: with the helper stopped, the next request starts it again.
+    ins.out(["systemctl", "stop", "lwp-helperd.service"])
+    res = ins.wait_api()
+    R.check("a request after `systemctl stop lwp-helperd.service` is served (socket activation)",
+            res["status"] == 200 and ins.active("lwp-helperd.service")["lwp-helperd.service"]
+            == "active", res)
+    if "pid" in state:
+        info = ins.nested()
+        R.check(f"{NESTED} still RUNNING after the helper was stopped",
+                info["body"].get("state") == "RUNNING"
+                and int(info["body"].get("pid", 0)) == state["pid"], info)
+
+
+def audit_files(rootfs: Path) -> dict[str, bytes]:
+    base = rootfs / "var/log/lwp"
+    return {str(p.relative_to(base)): p.read_bytes() for p in base.rglob("*") if p.is_file()}
+
+
+def step_upgrade(ins: Inside, deb2: Path, state: dict[str, Any]) -> None:
+    rootfs = ins.rootfs
+    conf = rootfs / "etc/lwp/lwp.toml"
+    text = conf.read_text()
+    edited = text.replace("stop_timeout = 30", "stop_timeout = 25  # edited by deb-test")
+    R.must("lwp.toml edited (stop_timeout = 25)", edited != text)
+    conf.write_text(edited)
+    res = ins.http("POST", "/tokens", {"description": "deb-test second token"})
+    R.must("POST /api/v1/tokens with the admin token is 200", res["status"] == 200 and
+           isinstance(res["body"], dict) and "token" in res["body"], res.get("status"))
+    second = rootfs / "root/second-token"
+    second.write_text(res["body"]["token"] + "\n")
+    second.chmod(0o600)
+    state["tokens"] = [res["body"]["token"], (rootfs / TOKEN_FILE.lstrip("/")).read_text().strip()]
+    tokens_before = json.loads(ins.out(["lwp-admin", "--json", "token", "list"]))
+    key_before = sha256(rootfs / "var/lib/lwp/token.key")
+    audit_before = audit_files(rootfs)
+    R.check("audit trail has entries before the upgrade", bool(audit_before),
+            sorted(audit_before))
+    helper_before = ins.main_pid("lwp-helperd.service")
+    shutil.copy2(deb2, rootfs / "root/debs" / deb2.name)
+    rc, out, err = ins.run(["apt-get", "install", "-y", "-q", "-o",
+                            "Dpkg::Options::=--force-confold", f"/root/debs/{deb2.name}"])
+    (RUN / "upgrade.log").write_text(out + err)
+    R.must(f"apt-get install {deb2.name} (upgrade, offline)", rc == 0, (out + err)[-1500:])
+    state["upgrade_output"] = out + err
+    version = ins.out(["dpkg-query", "-W", "-f=${Version}", "lxc-web-panel"]).strip()
+    R.check("installed version is the rebuilt one", deb2.name.startswith(
+        f"lxc-web-panel_{version}_"), version)
+    states = ins.active("lwp-helperd.socket", "lwp-frontend.service")
+    R.check("units active after the upgrade", all(v == "active" for v in states.values()), states)
+    R.check("edited lwp.toml kept as edited", conf.read_text() == edited)
+    R.check("token key unchanged", sha256(rootfs / "var/lib/lwp/token.key") == key_before)
+    res = ins.wait_api()
+    R.check("postinst token still valid after the upgrade", res["status"] == 200, res)
+    res = ins.wait_api(token_file="/root/second-token")
+    R.check("API-made token still valid after the upgrade", res["status"] == 200, res)
+    tokens_after = json.loads(ins.out(["lwp-admin", "--json", "token", "list"]))
+    R.check("token list unchanged (ids, scopes, descriptions)",
+            [(t["id"], t["scope"], t["description"]) for t in tokens_after]
+            == [(t["id"], t["scope"], t["description"]) for t in tokens_before], tokens_after)
+    audit_after = audit_files(rootfs)
+    R.check("audit trail kept (every file still there, its old content a prefix)",
+            all(name in audit_after and audit_after[name].startswith(content)
+                for name, content in audit_before.items()), sorted(audit_after))
+    R.check("helper restarted into the new version", ins.main_pid("lwp-helperd.service")
+            != helper_before)
+    if "pid" in state:
+        info = ins.nested()
+        R.check(f"{NESTED} still RUNNING, same init pid, after the upgrade",
+                info["body"].get("state") == "RUNNING"
+                and int(info["body"].get("pid", 0)) == state["pid"], info)
+
+
+def step_no_token_leak(ins: Inside, state: dict[str, Any], chroot_output: str) -> None:
+    tokens = state.get("tokens") or [(ins.rootfs / TOKEN_FILE.lstrip("/")).read_text().strip()]
+    journal = ins.run(["journalctl", "-o", "cat", "--no-pager"])[1]
+    texts = {"journal": journal, "install output": chroot_output,
+             "upgrade output": state.get("upgrade_output", "")}
+    for path in (ins.rootfs / "var/log").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            texts[f"/var/log/{path.relative_to(ins.rootfs / 'var/log')}"] = \
+                path.read_bytes().decode("utf-8", "replace")
+    leaks = sorted(where for where, text in texts.items() for t in tokens if t and t in text)
+    R.check(f"no token in the journal, /var/log or apt's output ({len(texts)} places)",
+            not leaks, leaks)
+    R.check("postinst said where the first token is",
+            f"the first admin API token is in {TOKEN_FILE}" in chroot_output)
+
+
+def step_purge(ins: Inside, state: dict[str, Any], before: set[str], owned: list[str]) -> None:
+    rc, out, err = ins.run(["apt-get", "purge", "-y", "-q", "lxc-web-panel"])
+    (RUN / "purge.log").write_text(out + err)
+    R.must("apt-get purge lxc-web-panel", rc == 0, (out + err)[-1500:])
+    status = ins.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}", "lxc-web-panel"])[1].strip()
+    R.check("package fully gone from dpkg (not 'rc')", status in ("", "un"), status)
+    after = snapshot(ins.rootfs)
+    shared_dirs = {p for p in owned if (ins.rootfs / p.lstrip("/")).is_dir()
+                   and not p.startswith(("/usr/lib/lxc-web-panel", "/usr/libexec/lxc-web-panel",
+                                         "/etc/lwp", "/usr/share/doc/lxc-web-panel"))}
+    left = sorted(p for p in owned if p not in shared_dirs and os.path.lexists(
+        ins.rootfs / p.lstrip("/")))
+    R.check(f"none of the package's {len(owned)} paths left (but shared dirs)", not left, left)
+    named = sorted(p for p in after if ("lwp" in p or "lxc-web-panel" in p)
+                   and not p.startswith(TEST_OWN))
+    R.check("no path named lwp / lxc-web-panel anywhere on the test root", not named, named)
+    stats = ins.probe("stat", "/run/lwp", "/var/lib/lwp", "/var/log/lwp", "/etc/lwp")
+    R.check("/run/lwp, /var/lib/lwp, /var/log/lwp, /etc/lwp removed",
+            all("error" in v for v in stats.values()), stats)
+    units = ins.run(["systemctl", "list-unit-files", "--no-legend", "lwp-*"])[1].strip()
+    R.check("no lwp-* unit files known to systemd", not units, units)
+    user = ins.run(["getent", "passwd", "lwp"])[1].strip()
+    log(f"  kept by policy: system user {user!r}")
+    new = sorted(p for p in after - before if not p.startswith(
+        ("/var/lib/lxc/", "/var/log/journal", "/var/lib/systemd/", "/var/cache/", "/root/",
+         "/var/lib/apt/", "/var/log/apt/", "/var/lib/dpkg/", "/var/tmp/")))
+    log(f"  paths new since the chroot install (outside containers, journal, apt, dpkg): {new}")
+    if "pid" in state:
+        rc, out, _ = ins.run(["lxc-info", "-s", "-n", NESTED])
+        R.check(f"{NESTED} still running after the purge (user data untouched)",
+                "RUNNING" in out, out.strip())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", action="store_true", help="leave the test container running")
+    parser.add_argument("--clean", action="store_true",
+                        help="remove leftovers of earlier runs and the debootstrap cache, then exit")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("deb-test must run as root", file=sys.stderr)
+        return 2
+    ensure_host_deps()
+    if args.clean:
+        cleanup(keep_cache=False)
+        return 0
+    cleanup()
+    state: dict[str, Any] = {}
+    try:
+        step("0 build and install in a debootstrapped bookworm")
+        started = time.monotonic()
+        deb1 = build(None)
+        v1 = run(["dpkg-deb", "-f", str(deb1), "Version"]).stdout.strip()
+        deb2 = build(f"{v1}+debtest1")
+        base = base_root()
+        rootfs = RUN / NAME / "rootfs"
+        RUN.mkdir(parents=True)
+        RUN.chmod(0o700)
+        (RUN / NAME).mkdir()
+        log(f"copying the base root to {rootfs}")
+        run(["cp", "-a", "--reflink=auto", str(base), str(rootfs)])
+        log(f"apt-get install ./{deb1.name} in the chroot (dependencies from the archive)")
+        chroot_output = chroot_install(rootfs, deb1, RUN)
+        R.check("apt-get install in the chroot", True)
+        owned = run(["chroot", str(rootfs), "dpkg-query", "-L", "lxc-web-panel"]).stdout.split()
+        configure_test_host(rootfs)
+        before = snapshot(rootfs)
+        R.timings[R.step] = time.monotonic() - started
+
+        for title, fn in (
+                ("1 units, socket, users", lambda: step_units(ins)),
+                ("2 list containers with the postinst token", lambda: step_list(ins)),
+                ("3 nested busybox container through the API", lambda: step_nested(ins, state)),
+                ("4 restart helper and frontend", lambda: step_restarts(ins, state)),
+                ("5 upgrade to a rebuilt higher version", lambda: step_upgrade(ins, deb2, state)),
+                ("   no token in any log", lambda: step_no_token_leak(ins, state, chroot_output)),
+                ("6 purge", lambda: step_purge(ins, state, before, owned))):
+            if title.startswith("1"):
+                step("   boot the test root with systemd")
+                started = time.monotonic()
+                ins = Inside(boot(rootfs), rootfs)
+                R.timings[R.step] = time.monotonic() - started
+            step(title)
+            started = time.monotonic()
+            try:
+                fn()
+            except Failed as exc:
+                R.check("step aborted", False, str(exc))
+            R.timings[R.step] = time.monotonic() - started
+    except Failed as exc:
+        R.check("aborted", False, str(exc))
+    except Exception as exc:  # noqa: BLE001 — reported as a failure, with a traceback to read
+        import traceback
+        traceback.print_exc()
+        R.check("harness error", False, f"{type(exc).__name__}: {exc}")
+    finally:
+        if args.keep:
+            log(f"--keep: test container left running: lxc-attach -P {RUN} -n {NAME}")
+        else:
+            if R.failed():
+                for name in ("console.log", "lxc.log"):
+                    path = RUN / NAME / name
+                    if path.exists():
+                        print(f"--- last lines of {name} ---")
+                        print("\n".join(path.read_text(errors="replace").splitlines()[-25:]))
+            cleanup()
+    print(R.summary())
+    return 1 if R.failed() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
