@@ -72,7 +72,12 @@ class HelperClient:
 
     async def close(self) -> None:
         while self._idle:
-            _close(self._idle.pop())
+            _reader, writer = self._idle.pop()
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass  # already reset by the helper: closed either way
 
 
 def _close(conn: Connection) -> None:
