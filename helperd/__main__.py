@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 
-from helperd import config
+from helperd import audit, config
+from helperd.audit_forward import Forwarder
 from helperd.containers import Containers
 from helperd.server import Helper, listening_socket
 from helperd.tokenstore import TokenStore
@@ -20,8 +21,15 @@ log = logging.getLogger("lwp.helperd")
 
 async def serve(cfg: config.HelperConfig) -> None:
     gid = grp.getgrnam(cfg.socket_group).gr_gid
-    helper = Helper(cfg, Containers(cfg),
-                    TokenStore(cfg.state_dir, gid, cfg.token_min_length))
+    tokens = TokenStore(cfg.state_dir, gid, cfg.token_min_length)
+    forward = Forwarder() if cfg.audit_syslog else None
+    writer, in_flight = audit.open_trail(
+        cfg.audit_dir, cfg.audit_key_file, cfg.audit_rotate_bytes, cfg.audit_group,
+        forward if forward is not None and forward.active else None)
+    helper = Helper(cfg, Containers(cfg), tokens, writer)
+    # Before the socket exists: nothing new may start until the last run's loose ends are tied.
+    if in_flight:
+        await helper.recover(in_flight)
     sock = listening_socket(cfg, gid)
     server = await asyncio.start_unix_server(helper.handle, sock=sock)
     stop = asyncio.Event()
@@ -32,6 +40,7 @@ async def serve(cfg: config.HelperConfig) -> None:
     async with server:
         await stop.wait()
     log.info("helper stopping")
+    await writer.close()
 
 
 def main() -> int:
@@ -49,7 +58,11 @@ def main() -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(cfg))
+    try:
+        asyncio.run(serve(cfg))
+    except (audit.AuditError, OSError) as exc:
+        print(f"the audit trail cannot be opened: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The host admin's CLI (run as root): add, list and revoke API tokens through the helper.
+"""The host admin's CLI (run as root): API tokens through the helper, and the audit trail.
 
 It speaks the same protocol as the frontend; as root it needs no token. A new token is
 printed exactly once, on stdout, and appears nowhere else.
@@ -13,7 +13,7 @@ import sys
 import uuid
 from typing import Any
 
-from helperd import config
+from helperd import audit, audit_cli, config
 from protocol import ops
 from protocol.client import HelperClient
 from protocol.config import DEFAULT_CONFIG, ConfigError
@@ -60,15 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     token.add_parser("list", help="list tokens (never their secrets)")
     revoke = token.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("id", type=int)
+    audit_cli.add_parser(area)
     args = parser.parse_args(argv)
     try:
         cfg = config.load(args.config)
+        if args.area == "audit":
+            return audit_cli.run(args, cfg)
         result = asyncio.run(_call(cfg.socket, _request(args)))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except LwpError as exc:
         print(f"error: {exc.message} ({exc.code})", file=sys.stderr)
+        return 1
+    except (audit.AuditError, OSError) as exc:
+        print(f"error: the audit trail cannot be read: {exc}", file=sys.stderr)
         return 1
     _print(args, result)
     return 0

@@ -22,7 +22,11 @@ class HelperConfig:
     socket_group: str  # the group that may reach the socket: the frontend's, and nothing else
     allowed_uids: frozenset[int]  # peers served besides root (the frontend's user)
     state_dir: str
-    audit_dir: str
+    audit_dir: str  # 0750 root:audit_group; the trail's files 0640, written by the helper only
+    audit_group: str  # who may read the trail besides root (Debian's log readers: adm)
+    audit_key_file: str  # the chain's HMAC key, 0600 root, apart from the token key
+    audit_rotate_bytes: int  # the current file is rotated once it reaches this size
+    audit_syslog: bool  # also send each record to journald or syslog when one is there
     lxcpath: str
     templates_dir: str
     templates: frozenset[str]  # templates a client may name (each must also be installed)
@@ -66,6 +70,11 @@ def load(path: str | None) -> HelperConfig:
                                                              [config.SERVICE_USER])),
         state_dir=top.get("state_dir", str, config.DEFAULT_STATE_DIR),
         audit_dir=sec.get("audit_dir", str, config.DEFAULT_AUDIT_DIR),
+        audit_group=sec.get("audit_group", str, "adm"),
+        audit_key_file=sec.get("audit_key_file", str, os.path.join(
+            top.get("state_dir", str, config.DEFAULT_STATE_DIR), "audit.key")),
+        audit_rotate_bytes=sec.get("audit_rotate_bytes", int, 16 * 1024 * 1024),
+        audit_syslog=sec.get("audit_syslog", bool, True),
         lxcpath=sec.get("lxcpath", str, "/var/lib/lxc"),
         templates_dir=sec.get("templates_dir", str, "/usr/share/lxc/templates"),
         templates=frozenset(sec.strings("templates", DEFAULT_TEMPLATES)),
@@ -77,9 +86,15 @@ def load(path: str | None) -> HelperConfig:
         token_min_length=top.section("tokens").get("min_length", int, 20),
         read_workers=sec.get("read_workers", int, 8),
     )
-    for key in ("lxcpath", "templates_dir", "state_dir", "audit_dir"):
+    for key in ("lxcpath", "templates_dir", "state_dir", "audit_dir", "audit_key_file"):
         if not os.path.isabs(getattr(cfg, key)):
             raise ConfigError(f"{key}: must be an absolute path")
+    try:
+        grp.getgrnam(cfg.audit_group)
+    except KeyError:
+        raise ConfigError(f"helperd.audit_group: no such group {cfg.audit_group!r}") from None
+    if not 1024 <= cfg.audit_rotate_bytes <= 1 << 30:
+        raise ConfigError("helperd.audit_rotate_bytes: must be 1 KiB to 1 GiB")
     if cfg.token_min_length < 16:
         raise ConfigError("tokens.min_length: must be at least 16")
     return cfg

@@ -7,6 +7,7 @@ without taking the helper down. The child never returns into the event loop: it 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import signal
@@ -16,14 +17,33 @@ from collections.abc import Callable
 from protocol.errors import LwpError
 
 OUTPUT_TAIL = 600  # characters of a failed child's output that go into the error message
+PR_SET_PDEATHSIG = 1
 
 
-async def run_isolated(call: Callable[[], None], deadline: float) -> None:
-    """Run `call` in a child; re-raise its LwpError here, or `timeout` after `deadline` s."""
+async def run_isolated(call: Callable[[], None], deadline: float,
+                       on_child: Callable[[int], None] | None = None) -> None:
+    """Run `call` in a child; re-raise its LwpError here, or `timeout` after `deadline` s.
+
+    `on_child` learns the child's pid (its process group) before the child may begin: the
+    audit trail keeps it, so a helper restarted after a kill -9 can end what is left."""
     with tempfile.TemporaryFile() as result, tempfile.TemporaryFile() as output:
+        gate_r, gate_w = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            _child(call, result.fileno(), output.fileno())
+            os.close(gate_w)
+            _child(call, result.fileno(), output.fileno(), gate_r, parent)
+        os.close(gate_r)
+        try:
+            if on_child is not None:
+                on_child(pid)
+            os.write(gate_w, b"go")
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)  # it never began; don't leave it waiting
+            os.waitpid(pid, 0)
+            raise
+        finally:
+            os.close(gate_w)
         pidfd = os.pidfd_open(pid)
         loop = asyncio.get_running_loop()
         exited = loop.create_future()
@@ -57,11 +77,18 @@ async def run_isolated(call: Callable[[], None], deadline: float) -> None:
             raise LwpError(error["code"], message)
 
 
-def _child(call: Callable[[], None], result_fd: int, output_fd: int) -> None:
+def _child(call: Callable[[], None], result_fd: int, output_fd: int, gate_fd: int,
+           parent: int) -> None:
     code = 1
     try:
         # Own process group, so a timeout kills the template and whatever it started too.
         os.setsid()
+        # Die with the helper (its process group is ended by the next helper's recovery),
+        # and begin only once the helper has noted our pid: no window where we are unknown.
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent or os.read(gate_fd, 2) != b"go":
+            return
+        os.close(gate_fd)
         for fd in (1, 2):
             os.dup2(output_fd, fd)
         signal.signal(signal.SIGINT, signal.SIG_DFL)

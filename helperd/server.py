@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import dataclasses
 import logging
 import os
 import socket
@@ -18,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from helperd import audit
+from helperd.audit_recovery import recover
 from helperd.config import HelperConfig
 from helperd.containers import Containers
 from helperd.isolate import run_isolated
@@ -29,6 +33,8 @@ log = logging.getLogger("lwp.helperd")
 T = TypeVar("T")
 # Room left under the frontend's wait for the helper to report a missed deadline itself.
 DEADLINE_MARGIN = 5.0
+# The audit records of the request being executed, for `mutate` to open and annotate.
+CURRENT_CALL: contextvars.ContextVar[audit.Call] = contextvars.ContextVar("audit_call")
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,12 @@ class Peer:
 
 
 class Helper:
-    def __init__(self, cfg: HelperConfig, containers: Containers, tokens: TokenStore) -> None:
+    def __init__(self, cfg: HelperConfig, containers: Containers, tokens: TokenStore,
+                 audit_writer: audit.AuditWriter) -> None:
         self.cfg = cfg
         self.containers = containers
         self.tokens = tokens
+        self.audit = audit_writer
         self.readers = ThreadPoolExecutor(cfg.read_workers, thread_name_prefix="lxc-read")
         self._locks: dict[str, _Slot] = {}
 
@@ -77,12 +85,15 @@ class Helper:
                     header = await reader.readexactly(framing.HEADER.size)
                 except asyncio.IncompleteReadError:
                     return  # a clean hang-up between frames
+                obj: object = None
                 try:
                     body = await reader.readexactly(framing.body_length(header))
-                    envelope = ops.decode_request(framing.decode_body(body))
+                    obj = framing.decode_body(body)
+                    envelope = ops.decode_request(obj)
                 except LwpError as exc:
                     # The stream cannot be trusted past a bad frame: answer once, then hang up.
                     log.warning("bad frame from uid %d pid %d: %s", uid, pid, exc.message)
+                    await self.audit_refused(obj, peer, exc)
                     writer.write(framing.encode_frame(ops.encode_error(exc)))
                     await writer.drain()
                     return
@@ -95,21 +106,60 @@ class Helper:
             writer.close()
 
     async def execute(self, envelope: ops.Envelope, peer: Peer) -> dict[str, Any]:
+        """Run one request; its audit records are on disk before the reply is returned."""
         op = envelope.op
-        started = time.monotonic()
+        call = audit.Call(self.audit, peer.uid, peer.pid)
+        call.describe(envelope)
+        token = CURRENT_CALL.set(call)
+        try:
+            reply, code, message, result = await self._run(envelope, peer, call)
+            try:
+                await call.finish(code, message, result)
+            except audit.AuditError as exc:
+                log.error("%s %s: %s", envelope.request_id, op.name, exc)
+                return ops.encode_error(LwpError("internal-error", "the audit trail cannot "
+                                                 "be written; the outcome is unrecorded"))
+        finally:
+            CURRENT_CALL.reset(token)
+        log.debug("%s %s %s in %.1f ms", envelope.request_id, op.name, code or "ok",
+                  (time.monotonic() - call.started) * 1000)
+        return reply
+
+    async def _run(self, envelope: ops.Envelope, peer: Peer,
+                   call: audit.Call) -> tuple[dict[str, Any], str | None, str | None, Any]:
+        """The reply, and the error code, message and result its audit record needs."""
+        op = envelope.op
         try:
             actor = self.authorize(envelope, peer)
+            call.set_actor(**dataclasses.asdict(actor))
             result = await ALLOWED[op.name](self, envelope.request, actor)
         except LwpError as exc:
             log.info("%s %s by uid %d: %s (%s)", envelope.request_id, op.name, peer.uid,
                      exc.code, exc.message)
-            return ops.encode_error(exc)
+            return ops.encode_error(exc), exc.code, exc.message, None
+        except audit.AuditError as exc:  # the start record could not be written: not run
+            log.error("%s %s: %s", envelope.request_id, op.name, exc)
+            error = LwpError("internal-error", "the audit trail cannot be written; "
+                                               "the operation was not run")
+            return ops.encode_error(error), error.code, str(exc), None
         except Exception:  # noqa: BLE001 — logged here in full, sent as a bare code
             log.exception("%s %s failed unexpectedly", envelope.request_id, op.name)
-            return ops.encode_error(LwpError("internal-error", "unexpected failure in the helper"))
-        log.debug("%s %s ok in %.1f ms", envelope.request_id, op.name,
-                  (time.monotonic() - started) * 1000)
-        return ops.encode_ok(result)
+            error = LwpError("internal-error", "unexpected failure in the helper")
+            return ops.encode_error(error), error.code, error.message, None
+        return ops.encode_ok(result), None, None, result
+
+    async def audit_refused(self, obj: object, peer: Peer, exc: LwpError) -> None:
+        """Record a frame that did not decode (what of it can be read) before answering it."""
+        call = audit.Call(self.audit, peer.uid, peer.pid)
+        call.describe_refused(obj)
+        try:
+            await call.finish(exc.code, exc.message)
+        except audit.AuditError as error:
+            log.error("bad frame from uid %d pid %d not audited: %s", peer.uid, peer.pid, error)
+
+    async def recover(self, in_flight: list[dict[str, Any]]) -> int:
+        """Close what a killed helper left in flight; run before the socket is served."""
+        return await recover(self.audit, in_flight, self.containers, self.cfg.lxcpath)
 
     def authorize(self, envelope: ops.Envelope, peer: Peer) -> Actor:
         if envelope.token is None:
@@ -163,12 +213,20 @@ class Helper:
         op = ops.OP_OF_REQUEST[type(request)]
         method = getattr(self.containers, op.name)
         limit = op.timeout - DEADLINE_MARGIN if deadline is None else deadline
+        call = CURRENT_CALL.get()
         async with self.locked(*names):
+            # The start record is durable before liblxc is touched; whether the target
+            # existed lets a recovery tell a create's own remains from someone else's.
+            await call.begin({"preexisting": os.path.lexists(
+                os.path.join(self.cfg.lxcpath, rules.container_name(request.name)))})
+            def work() -> None:
+                method(request)
+
             try:
-                await run_isolated(lambda: method(request), limit)
+                await run_isolated(work, limit, call.child_started)
             except LwpError as exc:
                 if exc.code == "timeout" and on_timeout is not None:
-                    await run_isolated(on_timeout, limit)
+                    await run_isolated(on_timeout, limit, call.child_started)
                 raise
         return {}
 
@@ -220,6 +278,13 @@ async def _list_tokens(h: Helper, req: ops.ListTokens, actor: Actor) -> Any:
     return [record.public() for record in h.tokens.list()]
 
 
+async def _query_audit(h: Helper, req: ops.QueryAudit, actor: Actor) -> Any:
+    try:
+        return await h.read(audit.query, h.cfg.audit_dir, req, op="query_audit")
+    except (OSError, audit.AuditError) as exc:
+        raise audit.lookup_error(exc) from None
+
+
 ALLOWED: dict[str, Handler] = {
     "list_containers": _list_containers,
     "container_info": _container_info,
@@ -234,6 +299,7 @@ ALLOWED: dict[str, Handler] = {
     "create_token": _create_token,
     "revoke_token": _revoke_token,
     "list_tokens": _list_tokens,
+    "query_audit": _query_audit,
 }
 
 

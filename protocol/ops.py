@@ -10,6 +10,7 @@ import dataclasses
 import re
 import typing
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Union
 
 from protocol import rules
@@ -130,9 +131,59 @@ class ListTokens:
     pass
 
 
+# What came of a request, as the audit trail records it.
+AUDIT_OUTCOMES = ("ok", "denied", "invalid", "error", "timeout", "interrupted")
+AUDIT_MAX_LIMIT = 500
+
+
+def audit_time(value: str, field: str) -> datetime:
+    """An ISO 8601 date or date-time as an aware UTC datetime (a naive one is taken as UTC)."""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid(field, "must be an ISO 8601 date or date-time, "
+                             "e.g. 2024-05-01T12:00:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class QueryAudit:
+    """Audit records in trail order, filtered; `cursor` is the last seq of the previous page."""
+
+    since: str | None = None
+    until: str | None = None
+    container: str | None = None
+    actor: str | None = None  # a token id (digits) or part of a token's description
+    op: str | None = None
+    outcome: str | None = None
+    limit: int = 100
+    cursor: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("since", "until"):
+            value = getattr(self, key)
+            if value is not None:
+                audit_time(value, key)
+        if self.container is not None:
+            rules.container_name(self.container, "container")
+        if self.actor is not None and (not 0 < len(self.actor) <= rules.MAX_DESCRIPTION
+                                       or not self.actor.isprintable()):
+            raise invalid("actor", "must be a token id or 1-256 printable characters")
+        if self.op is not None and self.op not in OPS:
+            raise invalid("op", "must be the name of an operation")
+        if self.outcome is not None and self.outcome not in AUDIT_OUTCOMES:
+            raise invalid("outcome", f"must be one of {', '.join(AUDIT_OUTCOMES)}")
+        if not 1 <= self.limit <= AUDIT_MAX_LIMIT:
+            raise invalid("limit", f"must be 1-{AUDIT_MAX_LIMIT}")
+        if self.cursor is not None and self.cursor < 0:
+            raise invalid("cursor", "must be a non-negative integer")
+
+
 Request = Union[ListContainers, ContainerInfo, StartContainer, StopContainer, FreezeContainer,
                 UnfreezeContainer, RestartContainer, CreateContainer, CloneContainer,
-                DestroyContainer, CreateToken, RevokeToken, ListTokens]
+                DestroyContainer, CreateToken, RevokeToken, ListTokens, QueryAudit]
 
 
 @dataclass(frozen=True)
@@ -159,6 +210,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("create_token", CreateToken, "admin", False, 30),
     Op("revoke_token", RevokeToken, "admin", False, 30),
     Op("list_tokens", ListTokens, "admin", False, 30),
+    Op("query_audit", QueryAudit, "admin", False, 60),
 )}
 OP_OF_REQUEST: dict[type, Op] = {op.request: op for op in OPS.values()}
 
