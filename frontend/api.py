@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from frontend import present
-from frontend.auth import TokenReader, presented_token
+from frontend.auth import QUERY_KEY, TokenReader, presented_token
 from frontend.errors import HTTP_CODES, error_response
 from protocol import ops, rules
 from protocol.client import HelperClient
@@ -33,6 +33,9 @@ ACTIONS: dict[str, type] = {
 }
 TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# GET /api/v1/audit's query parameters: QueryAudit's fields.
+AUDIT_TEXT = ("since", "until", "container", "actor", "op", "outcome")
+AUDIT_NUMBERS = ("limit", "cursor")
 
 
 class Api:
@@ -50,6 +53,7 @@ class Api:
             ("GET", "/api/v1/tokens", self.list_tokens),
             ("POST", "/api/v1/tokens", self.create_token),
             ("DELETE", "/api/v1/tokens/{token}", self.revoke_token),
+            ("GET", "/api/v1/audit", self.query_audit),
         ]
         # Every route answers with and without a trailing slash; no redirects (the
         # reference's redirect turned a PUT into a GET).
@@ -167,6 +171,21 @@ class Api:
 
     async def list_tokens(self, request: web.Request) -> web.Response:
         return web.json_response(await self.call(request, ops.ListTokens()))
+
+    async def query_audit(self, request: web.Request) -> web.Response:
+        """One page of the audit trail; pass `cursor=<next_cursor>` for the next."""
+        query = request.rel_url.query
+        for key in query:
+            if key not in AUDIT_TEXT and key not in AUDIT_NUMBERS and key != QUERY_KEY:
+                raise invalid(key, "unknown query parameter")
+        values: dict[str, Any] = {key: query[key] for key in AUDIT_TEXT if key in query}
+        for key in AUDIT_NUMBERS:
+            if key in query:
+                raw = query[key]
+                if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+                    raise invalid(key, "must be a non-negative integer")
+                values[key] = int(raw)
+        return web.json_response(await self.call(request, ops.QueryAudit(**values)))
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
