@@ -6,11 +6,7 @@ import logging
 import os
 import sys
 
-from aiohttp import web
-
-from frontend import config
-from frontend.accesslog import AccessLogger
-from frontend.app import make_app
+from frontend import config, serve
 from protocol.config import DEFAULT_CONFIG, ConfigError
 
 
@@ -21,14 +17,13 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     try:
         cfg = config.load(args.config)
+        if os.geteuid() == 0:
+            logging.getLogger("lwp.frontend").warning(
+                "the frontend is running as root; run it as the unprivileged service user")
+        serve.run(cfg)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    if os.geteuid() == 0:
-        logging.getLogger("lwp.frontend").warning(
-            "the frontend is running as root; run it as the unprivileged service user")
-    web.run_app(make_app(cfg), host=cfg.listen, port=cfg.port, access_log_class=AccessLogger,
-                print=None)
     return 0
 
 

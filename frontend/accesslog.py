@@ -28,6 +28,8 @@ def safe_target(request: web.BaseRequest) -> str:
 
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info('%s "%s %s" %d %d %.1fms %s', request.remote, request.method,
+        # The client as the authenticate middleware resolved it (trusted proxies honoured).
+        client = request.get("client", request.remote)
+        self.logger.info('%s "%s %s" %d %d %.1fms %s', client, request.method,
                          safe_target(request), response.status, response.body_length,
                          time * 1000, response.headers.get("X-Request-Id", "-"))

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from frontend import present
+from frontend import clientaddr, openapi, present
+from frontend.accesslog import safe_target
 from frontend.auth import QUERY_KEY, TokenReader, presented_token
+from frontend.config import Network
 from frontend.errors import HTTP_CODES, error_response
+from frontend.ratelimit import AuthFailures
 from protocol import ops, rules
 from protocol.client import HelperClient
 from protocol.errors import LwpError, invalid
@@ -39,9 +43,13 @@ AUDIT_NUMBERS = ("limit", "cursor")
 
 
 class Api:
-    def __init__(self, client: HelperClient, tokens: TokenReader) -> None:
+    def __init__(self, client: HelperClient, tokens: TokenReader, failures: AuthFailures,
+                 proxies: Sequence[Network] = (), token_min_length: int = ops.TOKEN_FLOOR) -> None:
         self.client = client
         self.tokens = tokens
+        self.failures = failures
+        self.proxies = proxies
+        self.token_min_length = token_min_length
 
     def routes(self) -> list[web.RouteDef]:
         table = [
@@ -53,6 +61,8 @@ class Api:
             ("GET", "/api/v1/tokens", self.list_tokens),
             ("POST", "/api/v1/tokens", self.create_token),
             ("DELETE", "/api/v1/tokens/{token}", self.revoke_token),
+            ("DELETE", "/api/v1/tokens/id/{id}", self.revoke_token_by_id),
+            ("GET", "/api/v1/openapi.json", self.openapi),
             ("GET", "/api/v1/audit", self.query_audit),
         ]
         # Every route answers with and without a trailing slash; no redirects (the
@@ -70,6 +80,8 @@ class Api:
             response = await handler(request)
         except LwpError as exc:
             response = error_response(exc)
+        except ConnectionError:
+            raise  # the client went away mid-request: aiohttp drops it quietly, so do we
         except web.HTTPException as exc:
             code = HTTP_CODES.get(exc.status, "invalid-request")
             response = error_response(LwpError(code, exc.reason))
@@ -81,10 +93,22 @@ class Api:
 
     @web.middleware
     async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        client = request["client"] = clientaddr.of_request(request, self.proxies)
         if request.path.startswith("/api/") or request.path == "/api":
+            # A limited client is refused before its token is looked at: a right guess made
+            # while limited must be worth nothing.
+            wait = self.failures.retry_after(client)
+            if wait > 0:
+                self.failures.refused(client, _request_line(request), wait)
+                response = error_response(LwpError(
+                    "rate-limited", "too many failed authentications; try again later"))
+                response.headers["Retry-After"] = str(math.ceil(wait))
+                return response
             token = presented_token(request)
             record = self.tokens.lookup(token) if token else None
             if record is None:
+                reason = "unknown-or-expired-token" if token else "no-token"
+                self.failures.failed(client, reason, _request_line(request))
                 raise LwpError("unauthorized", "Unauthorized")
             request["token"] = token
             request["record"] = record
@@ -97,8 +121,7 @@ class Api:
         record: TokenRecord = request["record"]
         if not rules.scope_allows(record.scope, op.scope):
             raise LwpError("forbidden", "Forbidden")
-        envelope = ops.Envelope(request["request_id"], request["token"],
-                                request.remote or "unknown", req)
+        envelope = ops.Envelope(request["request_id"], request["token"], request["client"], req)
         return await self.client.call(envelope)
 
     # -- handlers -----------------------------------------------------------------------
@@ -139,7 +162,7 @@ class Api:
         else:
             if body.get("xargs") not in (None, "", []):
                 raise invalid("xargs", "applies to templates only, not to clones")
-            req = ops.CloneContainer(name, clone, store)  # type: ignore[arg-type]
+            req = ops.CloneContainer(name, clone, store)
         await self.call(request, req)
         return web.json_response(OK)
 
@@ -169,6 +192,18 @@ class Api:
         result = await self.call(request, ops.RevokeToken(token=request.match_info["token"]))
         return web.json_response({**OK, "id": result["id"]})
 
+    async def revoke_token_by_id(self, request: web.Request) -> web.Response:
+        raw = request.match_info["id"]
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+            raise invalid("id", "must be a positive integer")
+        result = await self.call(request, ops.RevokeToken(id=int(raw)))
+        return web.json_response({**OK, "id": result["id"]})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        # Served to any valid token, like every /api/ path: it names no secret, but the
+        # contract is that an anonymous client learns nothing about the API's paths.
+        return web.json_response(openapi.document(self.token_min_length))
+
     async def list_tokens(self, request: web.Request) -> web.Response:
         return web.json_response(await self.call(request, ops.ListTokens()))
 
@@ -186,6 +221,11 @@ class Api:
                     raise invalid(key, "must be a non-negative integer")
                 values[key] = int(raw)
         return web.json_response(await self.call(request, ops.QueryAudit(**values)))
+
+
+def _request_line(request: web.BaseRequest) -> str:
+    """Method and target for a log line, with every place a token can travel redacted."""
+    return f"{request.method} {safe_target(request)}"
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:

@@ -1,17 +1,25 @@
 """The map of the frontend service: configuration, collaborators, routes and middlewares."""
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 
 from frontend.api import Api
 from frontend.auth import TokenReader
 from frontend.config import FrontendConfig
+from frontend.ratelimit import AuthFailures, FailureLimiter, LogLimiter
 from protocol.client import HelperClient
 
 
 def make_app(cfg: FrontendConfig) -> web.Application:
     client = HelperClient(cfg.socket)
-    api = Api(client, TokenReader(cfg.state_dir))
+    failures = AuthFailures(
+        FailureLimiter(cfg.auth_failures_burst, cfg.auth_failures_per_minute,
+                       cfg.auth_limit_clients),
+        LogLimiter(logging.getLogger("lwp.frontend.auth"), cfg.auth_log_per_minute))
+    api = Api(client, TokenReader(cfg.state_dir), failures, cfg.trusted_proxies,
+              cfg.token_min_length)
     # Errors wrap authentication, which wraps routing: an anonymous client gets 401 on
     # every /api/ path and method, before a 404 or 405 could tell it anything.
     app = web.Application(middlewares=[api.errors, api.authenticate],

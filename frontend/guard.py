@@ -1,0 +1,137 @@
+"""Slow-client defence: a deadline for each whole request, and a cap on open connections.
+
+aiohttp 3.8 never times out a request head, so a connection dribbling headers is held forever.
+Here every connection is "waiting" from the moment it opens, and again from each response it
+got, until a whole request (head and body) has arrived; one that keeps waiting past the deadline
+is closed, however busily it dribbles. Past `max_connections` the oldest waiting connection is
+closed to make room, so a newcomer always gets its chance and the process never runs out of fds.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from frontend.ratelimit import LogLimiter
+
+log = logging.getLogger("lwp.frontend.guard")
+# File descriptors kept free beside the connections: the helper pool (32), the token store,
+# logs, the listening socket, and the accept() that finds the cap reached.
+FD_RESERVE = 128
+LOG_LINES_PER_MINUTE = 10
+
+
+class ConnectionGuard:
+    def __init__(self, timeout: float, max_connections: int,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.loop = loop
+        self.tick = min(0.5, timeout / 4)
+        self.dropped = self.evicted = 0
+        self._open: set[GuardedHandler] = set()
+        # Waiting connections by deadline; the deadline is set on insertion, so the first
+        # entry is always the oldest and the next one to expire.
+        self._waiting: OrderedDict[GuardedHandler, float] = OrderedDict()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._log = LogLimiter(log, LOG_LINES_PER_MINUTE)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def opened(self, conn: GuardedHandler) -> None:
+        self._open.add(conn)
+        self.waiting(conn)
+        if len(self._open) > self.max_connections:
+            oldest = next(iter(self._waiting))
+            self.evicted += 1
+            self._drop(oldest, "closed the oldest connection waiting for a request: "
+                               "%d connections open", len(self._open))
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.tick, self._sweep)
+
+    def waiting(self, conn: GuardedHandler) -> None:
+        """`conn` owes us a whole request from now on."""
+        self._waiting.pop(conn, None)
+        self._waiting[conn] = self.loop.time() + self.timeout
+
+    def received(self, conn: GuardedHandler) -> None:
+        """`conn` delivered a whole request: its handler's time is the handler's business."""
+        self._waiting.pop(conn, None)
+
+    def closed(self, conn: GuardedHandler) -> None:
+        self._open.discard(conn)
+        self._waiting.pop(conn, None)
+
+    def request_factory(self, make: Any) -> Callable[..., web.BaseRequest]:
+        """Wrap aiohttp's request factory: it runs when a request head has been parsed."""
+        def factory(message: Any, payload: Any, protocol: Any, writer: Any,
+                    task: Any) -> web.BaseRequest:
+            if isinstance(protocol, GuardedHandler):
+                # The body counts too: a request is whole when its payload ends.
+                payload.on_eof(lambda: self.received(protocol))
+            request: web.BaseRequest = make(message, payload, protocol, writer, task)
+            return request
+        return factory
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        while self._waiting:
+            conn, deadline = next(iter(self._waiting.items()))
+            if deadline > now:
+                break
+            self.dropped += 1
+            self._drop(conn, "closed a connection that sent no whole request within %g s",
+                       self.timeout)
+        self._sweeper = self.loop.call_later(self.tick, self._sweep) if self._open else None
+
+    def _drop(self, conn: GuardedHandler, why: str, *args: object) -> None:
+        self.closed(conn)
+        self._log.warning(self.loop.time(), why + " (client %s)", *args, conn.peer)
+        conn.force_close()
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's connection handler, reporting to the guard when it opens, answers and closes."""
+
+    def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.guard = guard
+        self.peer = "unknown"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        self.guard.opened(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.guard.closed(self)
+        super().connection_lost(exc)
+
+    def log_access(self, request: web.BaseRequest, response: web.StreamResponse,
+                   time: float) -> None:
+        # Called once per response, after it was written: the next request's clock starts.
+        super().log_access(request, response, time)
+        if self.transport is not None:
+            self.guard.waiting(self)
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards `wanted` + FD_RESERVE (as far as the hard limit
+    allows, which needs no privilege); return how many connections fit under it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted + FD_RESERVE
+    if hard != resource.RLIM_INFINITY:
+        target = min(target, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    room = wanted if soft == resource.RLIM_INFINITY else soft - FD_RESERVE
+    return max(1, min(wanted, room))

@@ -1,0 +1,219 @@
+"""The OpenAPI 3.0 document of the RestAPI, built from the same rules and codes the code enforces.
+
+Patterns, scopes, actions and error codes come from protocol/ and frontend/ themselves, so the
+document cannot drift from them; tests/test_openapi.py proves its paths are exactly the served ones.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from typing import Any
+
+from frontend.errors import STATUS
+from protocol import ops, rules
+from protocol.errors import CODES
+
+JSON = "application/json"
+# What a list of containers can say about a state (liblxc's states, lower-cased by the helper).
+STATES = ("stopped", "starting", "running", "stopping", "aborting", "freezing", "frozen", "thawed")
+# The seed's `force` words, case-insensitive, exactly as frontend/api.py accepts them.
+FORCE_RE = "^([Tt][Rr][Uu][Ee]|[Yy][Ee][Ss]|1|[Ff][Aa][Ll][Ss][Ee]|[Nn][Oo]|0)$"
+# Errors any /api/ request can meet: no or a bad token, too many of those, an unreadable store.
+ANY_REQUEST = (401, 429, 503)
+# ... and any request forwarded to the helper: a scope too small, the helper's own failures.
+FORWARDED = ANY_REQUEST + (403, 502, 504)
+WITH_BODY = FORWARDED + (400, 413)
+
+
+def _anchored(pattern: re.Pattern[str]) -> str:
+    # Python's fullmatch is JSON Schema's ^...$ (these patterns use no Python-only syntax).
+    return f"^{pattern.pattern}$"
+
+
+def _string(pattern: re.Pattern[str], max_length: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "string", "pattern": _anchored(pattern)}
+    if max_length is not None:
+        out["maxLength"] = max_length
+    return out
+
+
+NAME = _string(rules.NAME_RE)
+NULLABLE_TIME = {"type": "number", "nullable": True}
+
+
+def _object(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties,
+            "additionalProperties": False}
+
+
+OK = _object(["status"], status={"type": "string", "enum": ["ok"]})
+SCHEMAS: dict[str, Any] = {
+    "Error": _object(["status", "error", "code"],
+                     status={"type": "string", "enum": ["error"]},
+                     error={"type": "string"},
+                     code={"type": "string", "enum": sorted(CODES)}),
+    "Ok": OK,
+    "ContainerList": {"type": "array", "items": _object(
+        ["container", "state"], container=NAME, state={"type": "string", "enum": list(STATES)})},
+    "ContainerInfo": {"oneOf": [
+        _object(["name", "state", "pid"], name=NAME,
+                state={"type": "string", "enum": ["STOPPED"]},
+                pid={"type": "integer", "enum": [0]}),
+        _object(["name", "state", "pid", "ip", "link", "cpu_use", "memory_use", "kmem_use",
+                 "blkio_use", "rx_bytes", "tx_bytes", "total_bytes"],
+                name=NAME,
+                state={"type": "string",
+                       "enum": [s.upper() for s in STATES if s != "stopped"]},
+                pid={"type": "string", "pattern": "^[0-9]+$"},
+                **{key: {"type": "string"} for key in (
+                    "ip", "link", "cpu_use", "memory_use", "kmem_use", "blkio_use", "rx_bytes",
+                    "tx_bytes", "total_bytes")}),
+    ]},
+    "Action": _object(["action"], action={"type": "string", "enum": [
+        "start", "stop", "freeze", "unfreeze", "restart"]}),
+    "CreateContainer": {
+        **_object(
+            ["name"], name=NAME,
+            template={**_string(rules.TEMPLATE_RE),
+                      "description": "an installed template's name (lxc-<template>)"},
+            clone={**NAME, "description": "the name of a stopped container to copy"},
+            store={**_string(rules.STORE_RE),
+                   "description": "a backing store the configuration allows"},
+            xargs={"description": "template options as --option=value words (a string split "
+                                  "like a shell would, or a list); only options the "
+                                  "configuration allows for that template",
+                   "oneOf": [{"type": "string"},
+                             {"type": "array", "items": {"type": "string"},
+                              "maxItems": rules.MAX_XARGS * 2}]}),
+        # Exactly one source; xargs belong to templates only.
+        "oneOf": [{"required": ["template"], "not": {"required": ["clone"]}},
+                  {"required": ["clone"],
+                   "not": {"anyOf": [{"required": ["template"]}, {"required": ["xargs"]}]}}],
+    },
+    "TokenRecord": _object(
+        ["id", "description", "scope", "created", "expires", "last_used"],
+        id={"type": "integer", "minimum": 1},
+        description={"type": "string"},
+        scope={"type": "string", "enum": list(rules.SCOPES)},
+        created={"type": "number"}, expires=NULLABLE_TIME, last_used=NULLABLE_TIME),
+    "CreateToken": _object(
+        [],
+        token={**_string(rules.TOKEN_RE, rules.TOKEN_MAX), "minLength": ops.TOKEN_FLOOR,
+               "description": "a client-chosen secret, at least the configured minimum "
+                              "length; absent: the server generates one and returns it once"},
+        description={"type": "string", "maxLength": rules.MAX_DESCRIPTION,
+                     "pattern": "^[^\\x00-\\x1f\\x7f]*$"},
+        scope={"type": "string", "enum": list(rules.SCOPES), "default": "admin"},
+        expires={"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                 "description": "Unix time after which the token is refused"}),
+    "TokenCreated": _object(["status", "id"], status={"type": "string", "enum": ["ok"]},
+                            id={"type": "integer", "minimum": 1},
+                            token={"type": "string"}),
+    "TokenRevoked": _object(["status", "id"], status={"type": "string", "enum": ["ok"]},
+                            id={"type": "integer", "minimum": 1}),
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+REQUEST_ID = {"X-Request-Id": {"required": True, "description": "this request's id, also in "
+                               "the audit trail", "schema": {"type": "string"}}}
+
+
+def _responses(ok: str, *errors: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"200": {"description": "success", "headers": REQUEST_ID,
+                                   "content": {JSON: {"schema": _ref(ok)}}}}
+    for status in sorted(set(errors)):
+        codes = sorted(code for code, s in STATUS.items() if s == status)
+        headers = dict(REQUEST_ID)
+        if status == 429:
+            headers["Retry-After"] = {"required": True, "description": "seconds to wait",
+                                      "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+        out[str(status)] = {"description": " or ".join(codes), "headers": headers,
+                            "content": {JSON: {"schema": _ref("Error")}}}
+    return out
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": {JSON: {"schema": _ref(schema)}}}
+
+
+def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+NAME_PARAM = _path_param("name", NAME)
+# Path -> method -> operation. Every route also answers with a trailing slash, unredirected.
+PATHS: dict[str, dict[str, Any]] = {
+    "/api/v1/containers": {
+        "get": {"operationId": "list_containers", "summary": "containers and their states",
+                "responses": _responses("ContainerList", *FORWARDED)},
+        "put": {"operationId": "create_container",
+                "summary": "create a container from a template or as a clone (synchronous)",
+                "requestBody": _body("CreateContainer"),
+                "responses": _responses("Ok", *WITH_BODY, 409, 500)},
+    },
+    "/api/v1/containers/{name}": {
+        "parameters": [NAME_PARAM],
+        "get": {"operationId": "container_info", "summary": "a container's state and usage",
+                "responses": _responses("ContainerInfo", *FORWARDED, 400, 404)},
+        "post": {"operationId": "container_action",
+                 "summary": "start, stop, freeze, unfreeze or restart",
+                 "requestBody": _body("Action"),
+                 "responses": _responses("Ok", *WITH_BODY, 409, 500)},
+        "delete": {"operationId": "destroy_container",
+                   "summary": "destroy a container; a running one only with force",
+                   "parameters": [{"name": "force", "in": "query", "required": False,
+                                   "schema": {"type": "string", "pattern": FORCE_RE}}],
+                   "responses": _responses("Ok", *FORWARDED, 400, 409, 500)},
+    },
+    "/api/v1/tokens": {
+        "get": {"operationId": "list_tokens", "summary": "every token, never a secret",
+                "responses": _responses("TokenList", *FORWARDED)},
+        "post": {"operationId": "create_token", "summary": "register or generate a token",
+                 "requestBody": _body("CreateToken"),
+                 "responses": _responses("TokenCreated", *WITH_BODY, 409)},
+    },
+    "/api/v1/tokens/{token}": {
+        "delete": {"operationId": "revoke_token", "summary": "revoke a token by its secret",
+                   "parameters": [_path_param("token", _string(rules.TOKEN_RE, rules.TOKEN_MAX))],
+                   "responses": _responses("TokenRevoked", *FORWARDED, 400, 404)},
+    },
+    "/api/v1/tokens/id/{id}": {
+        "delete": {"operationId": "revoke_token_by_id", "summary": "revoke a token by its id",
+                   "parameters": [_path_param("id", {"type": "integer", "minimum": 1,
+                                                     "maximum": 10**18 - 1})],
+                   "responses": _responses("TokenRevoked", *FORWARDED, 400, 404)},
+    },
+    "/api/v1/openapi.json": {
+        "get": {"operationId": "openapi", "summary": "this document (any valid token)",
+                "responses": _responses("OpenApi", *ANY_REQUEST)},
+    },
+}
+SCHEMAS["TokenList"] = {"type": "array", "items": _ref("TokenRecord")}
+SCHEMAS["OpenApi"] = {"type": "object", "required": ["openapi", "paths"]}
+
+
+@functools.cache
+def document(token_min_length: int = ops.TOKEN_FLOOR) -> dict[str, Any]:
+    """The document, with the client-chosen token minimum this installation enforces."""
+    schemas = copy.deepcopy(SCHEMAS)
+    schemas["CreateToken"]["properties"]["token"]["minLength"] = token_min_length
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "LXC Web Panel RestAPI", "version": "1",
+                 "description": "The seed's RestAPI through a privilege split. Every path also "
+                                "answers with a trailing slash. Every error has the Error shape."},
+        "paths": PATHS,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "header": {"type": "apiKey", "in": "header", "name": "Private-Token"},
+                "query": {"type": "apiKey", "in": "query", "name": "private_token"},
+            },
+        },
+        "security": [{"header": []}, {"query": []}],
+    }
