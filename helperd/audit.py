@@ -344,7 +344,7 @@ class Trail:
         return self.fd
 
     def _rotate(self) -> None:
-        """Rename the full current file after its first record; the next batch starts anew.
+        """Rename the full current file after its first record; the next batch goes to a new one.
 
         Runs between batches in the writer thread, so no record is split, lost or repeated;
         the chain simply continues into the next file."""
@@ -357,7 +357,7 @@ class Trail:
         os.close(self.fd)
         self.fd = None
         os.rename(path, os.path.join(self.directory, ROTATED.format(first["seq"])))
-        self._sync_dir()
+        self._current()  # a fresh, empty audit.log at once (for `tail -F`); syncs both names
 
     def _sync_dir(self) -> None:
         dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)

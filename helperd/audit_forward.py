@@ -91,6 +91,11 @@ class Forwarder:
     def active(self) -> bool:
         return self.sock is not None
 
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
     def __call__(self, record: dict[str, Any]) -> None:
         if self.sock is None:
             return

@@ -130,8 +130,7 @@ class Helper:
         """The reply, and the error code, message and result its audit record needs."""
         op = envelope.op
         try:
-            actor = self.authorize(envelope, peer)
-            call.set_actor(**dataclasses.asdict(actor))
+            actor = self.authorize(envelope, peer, call)
             result = await ALLOWED[op.name](self, envelope.request, actor)
         except LwpError as exc:
             log.info("%s %s by uid %d: %s (%s)", envelope.request_id, op.name, peer.uid,
@@ -161,7 +160,14 @@ class Helper:
         """Close what a killed helper left in flight; run before the socket is served."""
         return await recover(self.audit, in_flight, self.containers, self.cfg.lxcpath)
 
-    def authorize(self, envelope: ops.Envelope, peer: Peer) -> Actor:
+    def authorize(self, envelope: ops.Envelope, peer: Peer, call: audit.Call) -> Actor:
+        actor = self.identify(envelope, peer)
+        call.set_actor(**dataclasses.asdict(actor))  # who asked, even if the scope refuses
+        if not rules.scope_allows(actor.scope, envelope.op.scope):
+            raise LwpError("forbidden", "Forbidden")
+        return actor
+
+    def identify(self, envelope: ops.Envelope, peer: Peer) -> Actor:
         if envelope.token is None:
             # Only root on this host may act without a token: that is the admin CLI, and
             # the way the first admin token comes to exist.
@@ -171,8 +177,6 @@ class Helper:
         record = self.tokens.verify(envelope.token)
         if record is None:
             raise LwpError("unauthorized", "Unauthorized")
-        if not rules.scope_allows(record.scope, envelope.op.scope):
-            raise LwpError("forbidden", "Forbidden")
         return Actor(record.id, record.description, record.scope)
 
     # -- running work -------------------------------------------------------------------
