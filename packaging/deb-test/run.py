@@ -18,11 +18,14 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +39,10 @@ INCLUDE = "systemd,systemd-sysv,dbus"
 HOST_DEPS = ["debootstrap", "lxc", "python3-lxc"]
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 API = "http://127.0.0.1:5000/api/v1"
-TOKEN_FILE = "/var/lib/lwp/initial-admin-token"
+TOKEN_FILE = "/var/lib/lwp/initial-admin-token"  # noqa: S105 (a path)
 PROBE = "/root/lwp-probe.py"
 NESTED = "bb1"
+EXPOSURE_LIMITS = {"lwp-frontend.service": 1.5, "lwp-helperd.service": 5.0}
 # Paths under the test root that are not its persistent file system (or are the test's own).
 SNAPSHOT_SKIP = ("proc", "sys", "dev", "run", "tmp")
 TEST_OWN = ("/root/debs", "/root/lwp-probe.py", "/root/second-token")
@@ -63,7 +67,8 @@ class Report:
     def check(self, name: str, ok: bool, detail: object = "") -> bool:
         text = detail if isinstance(detail, str) else json.dumps(detail, default=str)
         self.rows.append((self.step, name, bool(ok), text))
-        log(f"  {'ok  ' if ok else 'FAIL'} {name}{': ' + text if text else ''}")
+        shown = text if not ok or len(text) <= 300 else text[:140] + " ... " + text[-140:]
+        log(f"  {'ok  ' if ok else 'FAIL'} {name}{': ' + shown if shown else ''}")
         return bool(ok)
 
     def must(self, name: str, ok: bool, detail: object = "") -> None:
@@ -250,7 +255,7 @@ lxc.autodev = 1
 lxc.tty.max = 1
 lxc.pty.max = 64
 lxc.log.file = {RUN / NAME / "lxc.log"}
-lxc.log.level = WARN
+lxc.log.level = ERROR
 lxc.console.logfile = {RUN / NAME / "console.log"}
 """
 
@@ -320,7 +325,7 @@ class Inside:
 
     def active(self, *units: str) -> dict[str, str]:
         _, out, _ = self.run(["systemctl", "is-active", *units])
-        return dict(zip(units, out.split()))
+        return dict(zip(units, out.split(), strict=False))
 
     def nested(self) -> dict[str, Any]:
         result: dict[str, Any] = self.http("GET", f"/containers/{NESTED}")
@@ -334,7 +339,7 @@ def step(title: str) -> None:
     log(f"== {title}")
 
 
-def step_units(ins: Inside) -> None:
+def wait_booted(ins: Inside) -> None:
     deadline = time.monotonic() + 120
     while True:  # until systemd answers at all, then until it has finished booting
         out = ins.run(["systemctl", "is-system-running", "--wait"], timeout=120)[1]
@@ -342,10 +347,13 @@ def step_units(ins: Inside) -> None:
                 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    log(f"  systemd says {out.strip()!r} after {time.monotonic() - T0:.1f} s of the run")
     failed_units = ins.run(["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"])[1]
+    failed = " ".join(line.split()[0] for line in failed_units.splitlines() if line.strip())
     R.check("systemd booted (PID 1 of the test root)", out.strip() in ("running", "degraded"),
-            f"{out.strip()}; failed units: {' '.join(l.split()[0] for l in failed_units.splitlines() if l.strip()) or 'none'}")
+            f"{out.strip()}; failed units: {failed or 'none'}")
+
+
+def step_units(ins: Inside) -> None:
     states = ins.active("lwp-helperd.socket", "lwp-frontend.service")
     R.check("lwp-helperd.socket and lwp-frontend.service active",
             all(v == "active" for v in states.values()), states)
@@ -372,6 +380,13 @@ def step_units(ins: Inside) -> None:
     R.check("frontend has no capabilities and no_new_privs",
             int(front["CapEff"], 16) == 0 and int(front["CapBnd"], 16) == 0
             and front["NoNewPrivs"] == "1", front)
+    for unit, limit in EXPOSURE_LIMITS.items():
+        rc, out, err = ins.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                                f"/lib/systemd/system/{unit}"])
+        found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+        score = float(found.group(1)) if found else None
+        R.check(f"systemd-analyze security --offline=true {unit}: {score} (limit {limit})",
+                score is not None and score <= limit, "" if found else (out + err)[-500:])
     in_site = [p for p in ("frontend", "helperd", "protocol")
                if (ins.rootfs / "usr/lib/python3/dist-packages" / p).exists()]
     R.check("modules only in the private /usr/lib/lxc-web-panel", not in_site and
@@ -416,6 +431,10 @@ def step_nested(ins: Inside, state: dict[str, Any]) -> None:
     R.check("container init keeps CAP_NET_ADMIN and CAP_NET_RAW (the helper's bounding set "
             "has neither)", bool(bnd >> CAP_NET_ADMIN & 1 and bnd >> CAP_NET_RAW & 1),
             init["CapBnd"])
+    if helper and "Seccomp_filters" in init:
+        R.check("container init carries fewer seccomp filters than the helper (not its filter)",
+                int(init["Seccomp_filters"]) < int(helper["Seccomp_filters"]),
+                {"init": init["Seccomp_filters"], "helper": helper["Seccomp_filters"]})
     R.check("container monitor is outside the helper's mount namespace",
             not helper or monitor["mntns"] != helper["mntns"],
             {"monitor": monitor["mntns"], "helper": helper.get("mntns")})
@@ -477,6 +496,7 @@ def step_upgrade(ins: Inside, deb2: Path, state: dict[str, Any]) -> None:
     state["tokens"] = [res["body"]["token"], (rootfs / TOKEN_FILE.lstrip("/")).read_text().strip()]
     tokens_before = json.loads(ins.out(["lwp-admin", "--json", "token", "list"]))
     key_before = sha256(rootfs / "var/lib/lwp/token.key")
+    first_before = sha256(rootfs / TOKEN_FILE.lstrip("/"))
     audit_before = audit_files(rootfs)
     R.check("audit trail has entries before the upgrade", bool(audit_before),
             sorted(audit_before))
@@ -494,9 +514,11 @@ def step_upgrade(ins: Inside, deb2: Path, state: dict[str, Any]) -> None:
     R.check("units active after the upgrade", all(v == "active" for v in states.values()), states)
     R.check("edited lwp.toml kept as edited", conf.read_text() == edited)
     R.check("token key unchanged", sha256(rootfs / "var/lib/lwp/token.key") == key_before)
+    R.check("first-token file unchanged (no new token on upgrade)",
+            sha256(rootfs / TOKEN_FILE.lstrip("/")) == first_before)
     res = ins.wait_api()
     R.check("postinst token still valid after the upgrade", res["status"] == 200, res)
-    res = ins.wait_api(token_file="/root/second-token")
+    res = ins.wait_api(token_file="/root/second-token")  # noqa: S106 (a path)
     R.check("API-made token still valid after the upgrade", res["status"] == 200, res)
     tokens_after = json.loads(ins.out(["lwp-admin", "--json", "token", "list"]))
     R.check("token list unchanged (ids, scopes, descriptions)",
@@ -568,7 +590,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="leave the test container running")
     parser.add_argument("--clean", action="store_true",
-                        help="remove leftovers of earlier runs and the debootstrap cache, then exit")
+                        help="remove an earlier run's leftovers and the debootstrap cache, exit")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("deb-test must run as root", file=sys.stderr)
@@ -600,19 +622,21 @@ def main() -> int:
         before = snapshot(rootfs)
         R.timings[R.step] = time.monotonic() - started
 
-        for title, fn in (
-                ("1 units, socket, users", lambda: step_units(ins)),
-                ("2 list containers with the postinst token", lambda: step_list(ins)),
-                ("3 nested busybox container through the API", lambda: step_nested(ins, state)),
-                ("4 restart helper and frontend", lambda: step_restarts(ins, state)),
-                ("5 upgrade to a rebuilt higher version", lambda: step_upgrade(ins, deb2, state)),
-                ("   no token in any log", lambda: step_no_token_leak(ins, state, chroot_output)),
-                ("6 purge", lambda: step_purge(ins, state, before, owned))):
-            if title.startswith("1"):
-                step("   boot the test root with systemd")
-                started = time.monotonic()
-                ins = Inside(boot(rootfs), rootfs)
-                R.timings[R.step] = time.monotonic() - started
+        step("   boot the test root with systemd")
+        started = time.monotonic()
+        ins = Inside(boot(rootfs), rootfs)
+        wait_booted(ins)
+        R.timings[R.step] = time.monotonic() - started
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("1 units, socket, users", partial(step_units, ins)),
+            ("2 list containers with the postinst token", partial(step_list, ins)),
+            ("3 nested busybox container through the API", partial(step_nested, ins, state)),
+            ("4 restart helper and frontend", partial(step_restarts, ins, state)),
+            ("5 upgrade to a rebuilt higher version", partial(step_upgrade, ins, deb2, state)),
+            ("   no token in any log", partial(step_no_token_leak, ins, state, chroot_output)),
+            ("6 purge", partial(step_purge, ins, state, before, owned)),
+        ]
+        for title, fn in steps:
             step(title)
             started = time.monotonic()
             try:
