@@ -80,8 +80,7 @@ class Containers:
         if state == "STOPPED":
             return {"name": name, "state": state, "pid": 0}
         stats = (cgroupstats.v2 if self.cgroup_v2 else cgroupstats.v1)(c.get_cgroup_item)
-        ips = [str(a) for a in c.get_ips()]
-        ip = next((a for a in ips if ":" not in a), ips[0] if ips else "")
+        ip = first_address([str(a) for a in c.get_ips()])
         host_rx, host_tx = self._host_side_bytes(c)
         pid = int(c.init_pid)
         if pid < 1:  # it stopped while we looked
@@ -222,6 +221,12 @@ class Containers:
             if os.path.lexists(path):
                 shutil.rmtree(path, ignore_errors=True)
             raise
+
+
+def first_address(ips: list[str]) -> str:
+    """The first IPv4 address, else the first IPv6 address, whole (the reference kept the
+    last one and cut IPv6 at the first colon)."""
+    return next((a for a in ips if ":" not in a), ips[0] if ips else "")
 
 
 def _config_item(getter: Any, key: str) -> str:

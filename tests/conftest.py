@@ -6,9 +6,9 @@ nothing outside that directory is touched.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -21,8 +21,7 @@ import pytest
 
 from frontend.app import make_app
 from frontend.config import FrontendConfig
-from protocol import ops
-from protocol.client import HelperClient
+from protocol import framing, ops
 
 PYTHON = "/usr/bin/python3"  # the only interpreter that can import lxc
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,14 +62,17 @@ class World:
     process: subprocess.Popen[bytes] | None = None
 
     def call(self, request: Any, token: str | None = None) -> Any:
-        """One request to the helper as root (no token needed) or with a token."""
-        async def go() -> Any:
-            client = HelperClient(self.socket)
-            try:
-                return await client.call(ops.Envelope(uuid.uuid4().hex, token, "test", request))
-            finally:
-                await client.close()
-        return asyncio.run(go())
+        """One request to the helper as root (no token needed) or with a token.
+
+        Blocking on purpose: sync tests and fixtures must not start event loops of their own
+        beside pytest-asyncio's."""
+        envelope = ops.Envelope(uuid.uuid4().hex, token, "test", request)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(envelope.op.timeout)
+            s.connect(self.socket)
+            s.sendall(framing.encode_frame(ops.encode_request(envelope)))
+            length = framing.body_length(_recv_exactly(s, framing.HEADER.size))
+            return ops.decode_reply(framing.decode_body(_recv_exactly(s, length)))
 
     def start_helper(self) -> None:
         with open(self.log, "ab") as log:
@@ -91,6 +93,16 @@ class World:
 
     def container_dirs(self) -> set[str]:
         return set(os.listdir(self.lxcpath))
+
+
+def _recv_exactly(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("the helper hung up")
+        data += chunk
+    return data
 
 
 def write_config(base: str, extra: str = "") -> str:
