@@ -23,14 +23,14 @@ from protocol.errors import LwpError
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _request(args: argparse.Namespace) -> ops.Request:
     if args.command == "add":
         expires = None
         if args.expires_days is not None:
-            expires = (datetime.datetime.now(datetime.timezone.utc)
+            expires = (datetime.datetime.now(datetime.UTC)
                        + datetime.timedelta(days=args.expires_days)).timestamp()
         return ops.CreateToken(None, args.description, args.scope, expires)
     if args.command == "list":

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Iterator, Set
 from typing import Any
 
-import lxc  # type: ignore[import]
+import lxc
 
 from helperd import cgroupstats
 from helperd.config import HelperConfig

@@ -46,11 +46,15 @@ async def run_isolated(call: Callable[[], None], deadline: float,
             os.close(gate_w)
         pidfd = os.pidfd_open(pid)
         loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+        loop.add_reader(pidfd, on_exit)
         try:
             await asyncio.wait_for(asyncio.shield(exited), deadline)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             os.killpg(pid, signal.SIGKILL)
             raise LwpError("timeout", f"the operation did not finish within {deadline:g} s "
                                       "and was ended") from None

@@ -41,7 +41,7 @@ class TokenStore:
         self.min_length = min_length
         os.makedirs(state_dir, mode=0o750, exist_ok=True)
         os.chown(state_dir, 0, gid)
-        os.chmod(state_dir, 0o750)
+        os.chmod(state_dir, 0o750)  # noqa: S103 — the frontend's group must traverse it
         key_path = os.path.join(state_dir, tokens.KEY_FILE)
         _ensure_file(key_path, gid, secrets.token_bytes(tokens.KEY_BYTES))
         self.key = tokens.load_key(state_dir)
@@ -83,10 +83,10 @@ class TokenStore:
 
     def revoke(self, token: str | None, token_id: int | None) -> TokenRecord:
         if token is not None:
-            row = self.db.execute(f"SELECT {tokens.COLUMNS} FROM tokens WHERE digest = ?",
+            row = self.db.execute(f"SELECT {tokens.COLUMNS} FROM tokens WHERE digest = ?",  # noqa: S608
                                   (tokens.digest(self.key, token),)).fetchone()
         else:
-            row = self.db.execute(f"SELECT {tokens.COLUMNS} FROM tokens WHERE id = ?",
+            row = self.db.execute(f"SELECT {tokens.COLUMNS} FROM tokens WHERE id = ?",  # noqa: S608
                                   (token_id,)).fetchone()
         if row is None:
             raise LwpError("not-found", "no such token")
@@ -94,5 +94,6 @@ class TokenStore:
         return tokens.row_record(row)
 
     def list(self) -> list[TokenRecord]:
-        rows = self.db.execute(f"SELECT {tokens.COLUMNS} FROM tokens ORDER BY id").fetchall()
+        query = f"SELECT {tokens.COLUMNS} FROM tokens ORDER BY id"  # noqa: S608
+        rows = self.db.execute(query).fetchall()
         return [tokens.row_record(row) for row in rows]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 DEFAULT_CONFIG = "/etc/lwp/lwp.toml"
 DEFAULT_SOCKET = "/run/lwp/helperd.sock"
@@ -34,7 +34,7 @@ class Section:
             value, ok = float(value), True
         if not ok:
             raise ConfigError(f"{self.where}{key}: must be {kind.__name__}")
-        return value  # type: ignore[return-value]
+        return cast(T, value)
 
     def strings(self, key: str, default: list[str]) -> list[str]:
         value = self.data.get(key, default)

@@ -67,7 +67,8 @@ async def test_expired_token_is_401(api: Any, world: World, admin: dict[str, str
 
 
 async def test_valid_token_without_the_scope_is_403(api: Any, tokens: Tokens) -> None:
-    body = await expect(await api.put("/api/v1/containers", json={"name": "x", "template": "busybox"},
+    body = await expect(await api.put("/api/v1/containers",
+                                      json={"name": "x", "template": "busybox"},
                                       headers={"private-token": tokens.operate}), 403, "forbidden")
     assert body["error"] == "Forbidden"
 
