@@ -341,3 +341,19 @@ async def test_revoke_unknown_token_is_404(api: Any, admin: dict[str, str]) -> N
 async def test_body_over_the_limit_is_413(api: Any, admin: dict[str, str]) -> None:
     await expect(await api.put("/api/v1/containers", data=b"{" + b" " * 70000 + b"}",
                                headers=admin), 413, "payload-too-large")
+
+
+# -- the helper is down -----------------------------------------------------------------------
+
+async def test_helper_down_is_503_json_at_once(world: World, tokens: Tokens,
+                                               aiohttp_client: Any) -> None:
+    import dataclasses
+    import time
+
+    from frontend.app import make_app
+    cfg = dataclasses.replace(world.frontend, socket=os.path.join(world.base, "no-such.sock"))
+    client = await aiohttp_client(make_app(cfg))
+    started = time.monotonic()
+    r = await client.get("/api/v1/containers", headers={"private-token": tokens.read})
+    await expect(r, 503, "helper-unavailable")
+    assert time.monotonic() - started < 5
