@@ -230,8 +230,10 @@ def configure_test_host(rootfs: Path) -> None:
     """The test root's own LXC setup: no bridge (it has no network), nested containers get none."""
     (rootfs / "etc/hostname").write_text(f"{NAME}\n")
     (rootfs / "etc/lxc/default.conf").write_text(
-        "# deb-test: this test root has no network, so nested containers get none either\n"
-        "lxc.net.0.type = empty\n")
+        "# deb-test: this test root has no network, so nested containers get none either;\n"
+        "# and it cannot load AppArmor profiles (no CAP_MAC_ADMIN) on a host that has AppArmor\n"
+        "lxc.net.0.type = empty\n"
+        "lxc.apparmor.profile = unconfined\n")
     lxcnet = rootfs / "etc/default/lxc-net"
     lxcnet.write_text('USE_LXC_BRIDGE="false"\n')
     shutil.copy2(TOP / "packaging/deb-test/probe.py", rootfs / PROBE.lstrip("/"))
