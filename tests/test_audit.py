@@ -138,8 +138,8 @@ def test_rotation_keeps_every_record_once_and_the_chain_runs_across_files(
     assert seqs == list(range(1, 61))
     for name in rotated:  # each rotated file is named after its first record
         assert json.loads(scratch.lines(name)[0])["seq"] == int(name[6:18])
-    assert run_verify(scratch, capsys) == (0, "ok: 60 records in %d files verify\n"
-                                           % (len(rotated) + 1))
+    assert run_verify(scratch, capsys) == (0, f"ok: 60 records in {len(rotated) + 1} files "
+                                              "verify\n")
 
 
 def test_a_reopened_trail_continues_the_chain(scratch: Scratch,
