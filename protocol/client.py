@@ -30,8 +30,10 @@ class HelperClient:
         async with self._slots:
             conn = self._reusable() or await self._connect()
             try:
-                reply = await asyncio.wait_for(self._exchange(conn, frame), deadline)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: no extra task per call (~10 us less each).
+                async with asyncio.timeout(deadline):
+                    reply = await self._exchange(conn, frame)
+            except TimeoutError:
                 _close(conn)
                 raise LwpError("timeout", f"{envelope.op.name} did not finish within "
                                           f"{deadline:g} s") from None
@@ -58,7 +60,7 @@ class HelperClient:
         try:
             return await asyncio.wait_for(
                 asyncio.open_unix_connection(self.socket_path), self.connect_timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise LwpError("helper-unavailable",
                            f"cannot reach the helper ({type(exc).__name__})") from None
 
@@ -68,7 +70,7 @@ class HelperClient:
         writer.write(frame)
         await writer.drain()
         length = framing.body_length(await reader.readexactly(framing.HEADER.size))
-        return framing.decode_body(await reader.readexactly(length))
+        return framing.decode_body(await reader.readexactly(length), from_helper=True)
 
     async def close(self) -> None:
         while self._idle:

@@ -1,8 +1,8 @@
 """Frames: a 4-byte big-endian length, then exactly one msgpack object. Sans-I/O.
 
 The size cap is checked on the length prefix, before any byte of the body is buffered or
-decoded. Decoding uses msgpack's pure-Python unpacker: Debian 12's C unpacker (1.0.3) leaks
-about 1.6 KiB per malformed frame, the fallback does not, and it decodes ~60k frames/s.
+decoded. Untrusted frames (requests, decoded by the helper) use msgpack's pure-Python unpacker:
+Debian 12's C unpacker (1.0.3) leaks about 1.6 KiB per malformed frame, the fallback does not.
 """
 from __future__ import annotations
 
@@ -35,10 +35,16 @@ def body_length(header: bytes) -> int:
     return int(length)
 
 
-def decode_body(body: bytes) -> Any:
-    """Exactly one msgpack object with str keys and no trailing bytes, or a protocol error."""
+def decode_body(body: bytes, from_helper: bool = False) -> Any:
+    """Exactly one msgpack object with str keys and no trailing bytes, or a protocol error.
+
+    `from_helper`: the body is a reply of the root helper, which only sends what its own
+    packer made, so it never meets the C unpacker's leak on malformed input; the C unpacker
+    is ~25x faster (a 100-entry list reply: 0.75 ms -> 0.03 ms). The limits are the same.
+    """
+    unpackb = msgpack.unpackb if from_helper else msgpack.fallback.unpackb
     try:
-        return msgpack.fallback.unpackb(
+        return unpackb(
             body, raw=False, strict_map_key=True, use_list=True,
             max_str_len=MAX_FRAME, max_bin_len=MAX_FRAME, max_array_len=MAX_FRAME,
             max_map_len=MAX_FRAME, max_ext_len=0,
