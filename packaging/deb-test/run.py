@@ -448,6 +448,12 @@ def step_nested(ins: Inside, state: dict[str, Any]) -> None:
     R.check("container monitor and init are outside lwp-helperd.service's cgroup",
             not any("lwp-helperd" in line for line in monitor["cgroup"] + init["cgroup"]),
             {"monitor": monitor["cgroup"], "init": init["cgroup"]})
+    for action, want in (("freeze", "FROZEN"), ("unfreeze", "RUNNING")):
+        res = ins.http("POST", f"/containers/{NESTED}", {"action": action})
+        info = ins.nested()
+        R.check(f"POST {action} {NESTED} is 200 and it is {want} (cgroup write from the sandbox)",
+                res["status"] == 200 and info["body"].get("state") == want,
+                {"action": res, "info": info.get("body")})
     unit = next((line.rsplit("/", 1)[-1] for line in monitor["cgroup"]
                  if line.startswith(("0::", "1:name=systemd:")) or ":name=systemd:" in line), "?")
     log(f"  the monitor's systemd cgroup ends in: {unit}")
@@ -551,6 +557,30 @@ def step_upgrade(ins: Inside, deb2: Path, state: dict[str, Any]) -> None:
                 and int(info["body"].get("pid", 0)) == state["pid"], info)
 
 
+def step_manage(ins: Inside, state: dict[str, Any]) -> None:
+    """The upgraded helper still drives every kind of operation, from inside its sandbox."""
+    if "pid" not in state:
+        raise Failed(f"no running {NESTED} to manage (step 3 failed)")
+    res = ins.http("POST", f"/containers/{NESTED}", {"action": "stop"})
+    info = ins.nested()
+    R.check(f"POST stop {NESTED}: 200, STOPPED", res["status"] == 200
+            and info["body"].get("state") == "STOPPED", {"stop": res, "info": info.get("body")})
+    clone = f"{NESTED}-clone"
+    res = ins.http("PUT", "/containers", {"name": clone, "clone": NESTED})
+    R.check(f"PUT clone {NESTED} -> {clone}: 200 (liblxc clone + rsync in the sandbox)",
+            res["status"] == 200, res)
+    res = ins.http("DELETE", f"/containers/{clone}")
+    R.check(f"DELETE {clone}: 200", res["status"] == 200, res)
+    res = ins.http("POST", f"/containers/{NESTED}", {"action": "start"})
+    info = ins.nested()
+    R.check(f"POST start {NESTED} again: 200, RUNNING", res["status"] == 200
+            and info["body"].get("state") == "RUNNING", {"start": res, "info": info.get("body")})
+    if info["body"].get("state") == "RUNNING":
+        state["pid"] = int(info["body"]["pid"])
+    else:
+        state.pop("pid", None)
+
+
 def step_no_token_leak(ins: Inside, state: dict[str, Any], chroot_output: str) -> None:
     tokens = state.get("tokens") or [(ins.rootfs / TOKEN_FILE.lstrip("/")).read_text().strip()]
     journal = ins.run(["journalctl", "-o", "verbose", "--no-pager"])[1]  # every field
@@ -647,6 +677,8 @@ def main() -> int:
             ("3 nested busybox container through the API", partial(step_nested, ins, state)),
             ("4 restart helper and frontend", partial(step_restarts, ins, state)),
             ("5 upgrade to a rebuilt higher version", partial(step_upgrade, ins, deb2, state)),
+            ("   stop, clone, destroy, start with the upgraded helper",
+             partial(step_manage, ins, state)),
             ("   no token in any log", partial(step_no_token_leak, ins, state, chroot_output)),
             ("6 purge", partial(step_purge, ins, state, before, owned)),
         ]
