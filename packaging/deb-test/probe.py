@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 
 
 def http(method: str, url: str, body: str | None, token_file: str | None) -> dict[str, object]:
@@ -71,16 +72,16 @@ def stat_paths(paths: list[str]) -> dict[str, object]:
     return out
 
 
-def _name(lookup: object, ident: int) -> str:
+def _name(lookup: Callable[[int], Sequence[object]], ident: int) -> str:
     try:
-        return lookup(ident)[0]  # type: ignore[operator,index,no-any-return]
+        return str(lookup(ident)[0])
     except KeyError:
         return str(ident)
 
 
 def proc(pid: int) -> dict[str, object]:
     """What a process inherited: ids, capabilities bounding set, no_new_privs, seccomp, cgroups."""
-    fields = {}
+    fields: dict[str, object] = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")

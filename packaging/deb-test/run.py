@@ -165,7 +165,7 @@ def mounts_under(path: Path) -> list[str]:
 
 def cleanup(keep_cache: bool = True) -> None:
     """Remove this test's container and lxcpath (never anything outside RUN)."""
-    import lxc  # type: ignore[import-not-found]
+    import lxc
     if RUN.exists():
         c = lxc.Container(NAME, str(RUN))
         if c.defined and c.running:
