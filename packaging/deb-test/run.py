@@ -132,7 +132,7 @@ def build(version: str | None) -> Path:
     proc = run([str(TOP / "packaging/deb/build-deb")], env=env)
     lintian = [line for line in proc.stderr.splitlines() if line[:3] in ("E: ", "W: ", "I: ")]
     deb = Path(proc.stdout.strip().splitlines()[-1])
-    R.check(f"built {deb.name} (lintian: {len(lintian)} tags at E/W/I)", deb.is_file(),
+    R.check(f"built {deb.name}, lintian clean at E/W ({len(lintian)} info tags)", deb.is_file(),
             "; ".join(lintian))
     return deb
 
@@ -630,6 +630,32 @@ def step_purge(ins: Inside, state: dict[str, Any], before: set[str], owned: list
                 "RUNNING" in out, out.strip())
 
 
+def step_reinstall(ins: Inside, deb2: Path, state: dict[str, Any]) -> None:
+    """A first install on the running system (after the purge): fresh key, fresh token."""
+    rc, out, err = ins.run(["apt-get", "install", "-y", "-q", f"/root/debs/{deb2.name}"])
+    (RUN / "reinstall.log").write_text(out + err)
+    R.must(f"apt-get install {deb2.name} on the running system", rc == 0, (out + err)[-1500:])
+    R.check("postinst said where the first token is",
+            f"the first admin API token is in {TOKEN_FILE}" in out + err)
+    states = ins.active("lwp-helperd.socket", "lwp-frontend.service")
+    R.check("postinst started the units", all(v == "active" for v in states.values()), states)
+    got = ins.probe("stat", TOKEN_FILE)[TOKEN_FILE]
+    R.check(f"{TOKEN_FILE} is file root:root 0600", (got.get("type"), got.get("user"),
+            got.get("group"), got.get("mode")) == ("file", "root", "root", "0600"), got)
+    res = ins.wait_api()
+    R.check("the new first token works", res["status"] == 200, res)
+    token = (ins.rootfs / TOKEN_FILE.lstrip("/")).read_text().strip()
+    R.check("the new first token is not an old one", token not in state.get("tokens", []))
+    if len(state.get("tokens", [])) > 0:
+        res = ins.wait_api(token_file="/root/second-token", deadline=0)  # noqa: S106 (a path)
+        R.check("a token from before the purge is refused (401): keys and tokens were purged",
+                res["status"] == 401, res)
+    if token not in (out + err):
+        state.setdefault("tokens", []).append(token)
+    else:
+        R.check("the new token is not in apt's output", False)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="leave the test container running")
@@ -681,6 +707,9 @@ def main() -> int:
              partial(step_manage, ins, state)),
             ("   no token in any log", partial(step_no_token_leak, ins, state, chroot_output)),
             ("6 purge", partial(step_purge, ins, state, before, owned)),
+            ("   first install on the running system, after the purge",
+             partial(step_reinstall, ins, deb2, state)),
+            ("   purge again", partial(step_purge, ins, state, before, owned)),
         ]
         for title, fn in steps:
             step(title)
