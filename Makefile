@@ -2,7 +2,7 @@
 PY := /usr/bin/python3
 RUNTIME_DEPS := lxc python3-lxc python3-aiohttp python3-msgpack rsync
 TEST_DEPS := $(RUNTIME_DEPS) busybox-static iproute2 python3-pytest python3-pytest-aiohttp \
-             python3-pytest-timeout python3-mypy python3-venv
+             python3-pytest-timeout python3-mypy python3-venv python3-hypothesis
 VENV := .venv
 APT := DEBIAN_FRONTEND=noninteractive apt-get
 

@@ -257,7 +257,7 @@ def decode_request(obj: object) -> Envelope:
     fields = _exact_map(obj, _ENVELOPE_TYPES, "")
     op = OPS.get(fields["op"])
     if op is None:
-        raise invalid("op", f"unknown operation {fields['op']!r}")
+        raise invalid("op", f"unknown operation {rules.shown(fields['op'])}")
     request = _build(op.request, fields["args"])
     return Envelope(request_id=fields["id"], token=fields["token"], client=fields["client"],
                     request=request)
@@ -269,7 +269,7 @@ def _exact_map(obj: object, types: dict[str, tuple[type, ...]], prefix: str,
         raise invalid(prefix.rstrip(".") or "frame", "must be a map")
     for key in obj:
         if key not in types:
-            raise invalid(f"{prefix}{key}", "unknown field")
+            raise invalid(f"{prefix}{rules.shown(key)}", "unknown field")
     for key, allowed in types.items():
         if key not in obj:
             if key in optional:

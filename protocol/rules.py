@@ -22,6 +22,8 @@ OPTION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 # Options liblxc passes to every template itself: templates keep the last value given, so a
 # client-supplied one would override where the rootfs is written.
 RESERVED_OPTIONS = frozenset({"path", "name", "rootfs", "mapped-uid", "mapped-gid"})
+# Characters of a refused client value that an error message repeats.
+QUOTE_MAX = 40
 MAX_XARGS = 32
 MAX_VALUE = 256
 MAX_DESCRIPTION = 256
@@ -29,6 +31,21 @@ TOKEN_MAX = 256
 # Tokens travel in URLs and headers: printable ASCII without separators that need escaping.
 TOKEN_RE = re.compile(r"[A-Za-z0-9_.~+/=-]+")
 SCOPES = ("read", "operate", "admin")
+
+
+def shown(value: object) -> str:
+    """A refused client value as an error message may quote it: repr'd, so no control
+    character reaches a log line, and cut short, so an error never grows with its input."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_MAX else text[:QUOTE_MAX] + "..."
+
+
+def reserved_option(option: str) -> bool:
+    """Whether a template would read `--option` as one that liblxc sets.
+
+    Templates parse with getopt(1), which takes any unambiguous prefix of a long option for
+    the option itself: `--pa=/x` is `--path=/x` to lxc-busybox."""
+    return any(name.startswith(option) for name in RESERVED_OPTIONS)
 
 
 def container_name(value: str, field: str = "name") -> str:
@@ -84,17 +101,19 @@ def parse_xargs(words: Sequence[str]) -> tuple[tuple[str, str], ...]:
     while i < len(words):
         word = words[i]
         if not word.startswith("--"):
-            raise invalid("xargs", f"expected an option of the form --name=value, got {word!r}")
+            raise invalid("xargs", f"expected an option of the form --name=value, "
+                                   f"got {shown(word)}")
         option, eq, value = word[2:].partition("=")
+        if not OPTION_RE.fullmatch(option):
+            raise invalid("xargs", f"malformed option name {shown(option)}")
         if not eq:
             if i + 1 >= len(words):
                 raise invalid("xargs", f"option --{option} needs a value")
             i += 1
             value = words[i]
-        if not OPTION_RE.fullmatch(option):
-            raise invalid("xargs", f"malformed option name {option!r}")
-        if option in RESERVED_OPTIONS:
-            raise invalid("xargs", f"option --{option} is set by the server and never by a client")
+        if reserved_option(option):
+            raise invalid("xargs", f"option --{option} is (or abbreviates) one set by the "
+                                   "server and never by a client")
         pairs.append((option, plain_value(value, f"xargs --{option}")))
         i += 1
     if len(pairs) > MAX_XARGS:
