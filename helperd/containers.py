@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator, Set
 from typing import Any
 
@@ -18,6 +19,7 @@ import lxc
 
 from helperd import cgroupstats
 from helperd.config import HelperConfig
+from protocol.config import ConfigError
 from protocol import ops, rules
 from protocol.errors import LwpError, invalid
 
@@ -39,6 +41,7 @@ class Containers:
     def __init__(self, cfg: HelperConfig) -> None:
         self.cfg = cfg
         self.cgroup_v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+        self.start_as_unit = start_as_unit(cfg.start_method, cfg.lxcpath)
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -126,9 +129,32 @@ class Containers:
         self._start(c)
 
     def _start(self, c: Any) -> None:
+        if self.start_as_unit:
+            self._start_unit(c)
+            return
         # close_fds: the container's monitor must not inherit the helper's sockets.
         if not c.start(close_fds=True) or not c.wait("RUNNING", 10):
             raise LwpError("operation-failed", f"liblxc could not start container {c.name!r}")
+
+    def _start_unit(self, c: Any) -> None:
+        """Start the container as Debian's lxc@NAME.service, outside the helper's sandbox.
+
+        Started from this process, a container would inherit the helper unit's no_new_privs,
+        seccomp filter, capability bounding set and mount namespace, live in its cgroup, and be
+        killed with it. As a unit of its own it inherits none of that and outlives a restart
+        or an upgrade of the helper. (systemctl is given an argument list: no shell.)
+        """
+        unit = f"lxc@{c.name}.service"  # the name rule keeps it a valid, unescaped instance
+        self._systemctl("reset-failed", unit)  # a hard stop leaves the unit failed
+        done = self._systemctl("start", "--no-ask-password", unit)
+        if done.returncode != 0 or not c.wait("RUNNING", 10):
+            raise LwpError("operation-failed", f"could not start {unit} "
+                                               f"(see journalctl -u {unit}): {done.stderr.strip()}")
+
+    @staticmethod
+    def _systemctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["/bin/systemctl", *args], capture_output=True, text=True,
+                              check=False, timeout=60)
 
     def _stop(self, c: Any, clean: bool) -> None:
         if c.state == "FROZEN":
@@ -221,6 +247,24 @@ class Containers:
             if os.path.lexists(path):
                 shutil.rmtree(path, ignore_errors=True)
             raise
+
+
+def start_as_unit(method: str, lxcpath: str) -> bool:
+    """Whether containers start as lxc@NAME.service units rather than from a forked child.
+
+    `auto` picks units when the helper itself runs as a systemd service (its sandbox would
+    otherwise be the containers'); lxc@.service only knows LXC's default lxcpath.
+    """
+    if method == "fork":
+        return False
+    as_service = "INVOCATION_ID" in os.environ and os.path.isdir("/run/systemd/system")
+    if method == "auto" and not as_service:
+        return False
+    if lxcpath != lxc.default_config_path:
+        raise ConfigError(f"helperd.start_method: lxc@.service starts containers only in "
+                          f"{lxc.default_config_path}, not in {lxcpath}; set start_method = "
+                          "\"fork\" and run the helper without a sandbox")
+    return True
 
 
 def first_address(ips: list[str]) -> str:
