@@ -37,6 +37,7 @@ class HelperConfig:
     freeze_timeout: float
     token_min_length: int
     read_workers: int
+    start_method: str  # auto | fork | systemd: how containers are started (containers.py)
 
 
 def _uid(user: str) -> int:
@@ -85,6 +86,7 @@ def load(path: str | None) -> HelperConfig:
         freeze_timeout=sec.get("freeze_timeout", float, 10.0),
         token_min_length=top.section("tokens").get("min_length", int, 20),
         read_workers=sec.get("read_workers", int, 8),
+        start_method=sec.get("start_method", str, "auto"),
     )
     for key in ("lxcpath", "templates_dir", "state_dir", "audit_dir", "audit_key_file"):
         if not os.path.isabs(getattr(cfg, key)):
@@ -95,6 +97,8 @@ def load(path: str | None) -> HelperConfig:
         raise ConfigError(f"helperd.audit_group: no such group {cfg.audit_group!r}") from None
     if not 1024 <= cfg.audit_rotate_bytes <= 1 << 30:
         raise ConfigError("helperd.audit_rotate_bytes: must be 1 KiB to 1 GiB")
+    if cfg.start_method not in ("auto", "fork", "systemd"):
+        raise ConfigError("helperd.start_method: must be auto, fork or systemd")
     if cfg.token_min_length < 16:
         raise ConfigError("tokens.min_length: must be at least 16")
     return cfg
