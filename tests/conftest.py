@@ -152,7 +152,10 @@ def make_world() -> World:
                   log=os.path.join(base, "helperd.log"),
                   frontend=FrontendConfig(socket=os.path.join(base, "run", "helperd.sock"),
                                           state_dir=os.path.join(base, "state"),
-                                          listen="127.0.0.1", port=0, max_body=64 * 1024))
+                                          listen="127.0.0.1", port=0, max_body=64 * 1024,
+                                          # Tests fail authentication on purpose and often;
+                                          # the limiter has tests of its own.
+                                          auth_failures_burst=100_000))
     return world
 
 
