@@ -396,7 +396,8 @@ class Trail:
         with self.lock:
             entry = self.open_ops.get(key)
             if entry is not None:
-                entry["child"] = [pid, process_start_time(pid)]
+                stat = proc_stat(pid)
+                entry["child"] = [pid, None if stat is None else stat[1]]
                 self._save_head()
 
     def close(self) -> None:
@@ -406,8 +407,10 @@ class Trail:
         self.fd = self.head_fd = None
 
 
-def process_start_time(pid: int) -> int | None:
-    """A process's start time in clock ticks since boot: with the pid, it names one process."""
+def proc_stat(pid: int | str) -> tuple[int, int, str] | None:
+    """(process group, start time in ticks since boot, state) of a process, None if gone.
+
+    With the pid, the start time names one process: a pid can be reused, the pair cannot."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -415,7 +418,7 @@ def process_start_time(pid: int) -> int | None:
         return None
     # The command name may contain spaces and parentheses: fields count from the last ')'.
     fields = stat[stat.rfind(b")") + 2:].split()
-    return int(fields[19])
+    return int(fields[2]), int(fields[19]), fields[0].decode()
 
 
 def records_after(files: list[str], seq: int) -> Iterator[dict[str, Any]]:

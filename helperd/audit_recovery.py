@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from helperd.audit import AuditWriter, Pending, utc_now
+from helperd.audit import AuditWriter, Pending, proc_stat, utc_now
 from helperd.containers import Containers
 from helperd.isolate import run_isolated
 from protocol import ops, rules
@@ -26,24 +26,13 @@ INTERRUPTED = "the helper stopped before the operation finished; it was not run 
 PARTIAL = "partial"
 
 
-def _stat(pid: str) -> tuple[int, int, str] | None:
-    """(process group, start time, state) of a process, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2:].split()
-    return int(fields[2]), int(fields[19]), fields[0].decode()
-
-
 def _group_members(pgid: int, born: int | None) -> list[int]:
     """Live processes in the child's group that started no earlier than the child did."""
     members = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
-        stat = _stat(pid)
+        stat = proc_stat(pid)
         if stat is None or stat[0] != pgid or stat[2] in ("Z", "X"):
             continue
         if born is None or stat[1] >= born:
@@ -58,7 +47,7 @@ def _kill(pid: int, pgid: int, born: int | None) -> bool:
     except OSError:
         return False
     try:
-        stat = _stat(str(pid))  # the pidfd pins the process: re-check it is the same one
+        stat = proc_stat(pid)  # the pidfd pins the process: re-check it is the same one
         if stat is None or stat[0] != pgid or (born is not None and stat[1] < born):
             return False
         signal.pidfd_send_signal(fd, signal.SIGKILL)

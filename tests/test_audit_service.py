@@ -312,17 +312,9 @@ def test_admin_cli_lists_filters_and_verifies(world: World, tokens: Tokens,
 # -- kill -9 in the middle of a create ---------------------------------------------------------
 
 def _group(pgid: int) -> list[int]:
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            out.append(int(pid))
-    return out
+    """Live members of a process group."""
+    stats = ((int(pid), audit.proc_stat(pid)) for pid in os.listdir("/proc") if pid.isdigit())
+    return [pid for pid, st in stats if st is not None and st[0] == pgid and st[2] not in "ZX"]
 
 
 def _wait_for(predicate: Any, what: str, timeout: float = 10) -> Any:
