@@ -35,10 +35,12 @@ security: test-deps
 
 # The benchmark: direct python3-lxc against the whole HTTP chain, in one run.
 bench: test-deps
+	$(APT) install -y -qq --no-install-recommends wrk
 	$(PY) bench/run.py
 
 # The small benchmark CI runs so it cannot rot.
 bench-small: test-deps
+	$(APT) install -y -qq --no-install-recommends wrk
 	$(PY) bench/run.py --small
 
 # The whole test suite: lint, type checks, and every test against real liblxc.
