@@ -10,7 +10,7 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from protocol import config, rules
+from protocol import config, ops, rules
 from protocol.config import ConfigError
 
 DEFAULT_TEMPLATES = ["busybox"]
@@ -38,6 +38,7 @@ class HelperConfig:
     token_min_length: int
     read_workers: int
     start_method: str  # auto | fork | systemd: how containers are started (containers.py)
+    op_timeouts: dict[str, float]  # per op: a deadline shorter than the default
 
 
 def _uid(user: str) -> int:
@@ -45,6 +46,21 @@ def _uid(user: str) -> int:
         return pwd.getpwnam(user).pw_uid
     except KeyError:
         raise ConfigError(f"helperd.allowed_users: no such user {user!r}") from None
+
+
+def _op_timeouts(sec: config.Section) -> dict[str, float]:
+    timeouts: dict[str, float] = {}
+    for name in sec.data:
+        op = ops.OPS.get(name)
+        if op is None:
+            raise ConfigError(f"{sec.where}{name}: no such operation")
+        value = sec.get(name, float, 0.0)
+        # Shorter than the frontend's wait, or the frontend gives up before the helper does.
+        if not 0 < value < op.timeout:
+            raise ConfigError(f"{sec.where}{name}: must be more than 0 and less than "
+                              f"{op.timeout:g} seconds")
+        timeouts[name] = value
+    return timeouts
 
 
 def load(path: str | None) -> HelperConfig:
@@ -59,10 +75,10 @@ def load(path: str | None) -> HelperConfig:
     opt_sec = sec.section("template_options")
     for template in opt_sec.data:
         allowed = frozenset(opt_sec.strings(template, []))
-        reserved = allowed & rules.RESERVED_OPTIONS
+        reserved = {option for option in allowed if rules.reserved_option(option)}
         if reserved:
-            raise ConfigError(f"helperd.template_options.{template}: {sorted(reserved)} are "
-                              "set by liblxc and can never be allowed")
+            raise ConfigError(f"helperd.template_options.{template}: {sorted(reserved)} are (or "
+                              "abbreviate) options liblxc sets and can never be allowed")
         options[template] = allowed
     cfg = HelperConfig(
         socket=top.get("socket", str, config.DEFAULT_SOCKET),
@@ -87,6 +103,7 @@ def load(path: str | None) -> HelperConfig:
         token_min_length=top.section("tokens").get("min_length", int, 20),
         read_workers=sec.get("read_workers", int, 8),
         start_method=sec.get("start_method", str, "auto"),
+        op_timeouts=_op_timeouts(sec.section("op_timeouts")),
     )
     for key in ("lxcpath", "templates_dir", "state_dir", "audit_dir", "audit_key_file"):
         if not os.path.isabs(getattr(cfg, key)):

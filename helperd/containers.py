@@ -240,13 +240,17 @@ class Containers:
         try:
             yield
         except BaseException:
-            c = self._container(name)
-            if c.defined:
-                c.destroy()
-            path = os.path.join(self.cfg.lxcpath, name)
-            if os.path.lexists(path):
-                shutil.rmtree(path, ignore_errors=True)
+            self.remove_remains(name)
             raise
+
+    def remove_remains(self, name: str) -> None:
+        """Remove a half-made container: liblxc's part of it, then whatever else is left."""
+        c = self._container(name)
+        if c.defined:
+            c.destroy()
+        path = os.path.join(self.cfg.lxcpath, name)
+        if os.path.lexists(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def start_as_unit(method: str, lxcpath: str) -> bool:

@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -195,11 +196,16 @@ class Helper:
 
     # -- running work -------------------------------------------------------------------
 
+    def deadline(self, op: str) -> float:
+        """How long the helper lets an op run: under the frontend's wait, so that the helper
+        reports a missed deadline itself; `[helperd.op_timeouts]` may shorten it."""
+        return self.cfg.op_timeouts.get(op, ops.OPS[op].timeout - DEADLINE_MARGIN)
+
     async def read(self, call: Callable[..., T], *args: Any, op: str) -> T:
         loop = asyncio.get_running_loop()
         try:
             # asyncio.timeout, not wait_for: no extra task per read (~10 us less each).
-            async with asyncio.timeout(ops.OPS[op].timeout - DEADLINE_MARGIN):
+            async with asyncio.timeout(self.deadline(op)):
                 return await loop.run_in_executor(self.readers, call, *args)
         except TimeoutError:
             raise LwpError("timeout", f"{op} did not finish in time") from None
@@ -226,17 +232,21 @@ class Helper:
                     del self._locks[name]
 
     async def mutate(self, request: Any, *names: str, deadline: float | None = None,
-                     on_timeout: Callable[[], None] | None = None) -> dict[str, str]:
-        """Run a container change in an isolated child, holding the containers' locks."""
+                     on_timeout: Callable[[bool], None] | None = None) -> dict[str, str]:
+        """Run a container change in an isolated child, holding the containers' locks.
+
+        After a missed deadline `on_timeout` runs (isolated too), told whether the target
+        existed before the change began."""
         op = ops.OP_OF_REQUEST[type(request)]
         method = getattr(self.containers, op.name)
-        limit = op.timeout - DEADLINE_MARGIN if deadline is None else deadline
+        limit = self.deadline(op.name) if deadline is None else deadline
         call = CURRENT_CALL.get()
         async with self.locked(*names):
             # The start record is durable before liblxc is touched; whether the target
             # existed lets a recovery tell a create's own remains from someone else's.
-            await call.begin({"preexisting": os.path.lexists(
-                os.path.join(self.cfg.lxcpath, rules.container_name(request.name)))})
+            preexisting = os.path.lexists(
+                os.path.join(self.cfg.lxcpath, rules.container_name(request.name)))
+            await call.begin({"preexisting": preexisting})
             def work() -> None:
                 method(request)
 
@@ -244,7 +254,8 @@ class Helper:
                 await run_isolated(work, limit, call.child_started)
             except LwpError as exc:
                 if exc.code == "timeout" and on_timeout is not None:
-                    await run_isolated(on_timeout, limit, call.child_started)
+                    await run_isolated(functools.partial(on_timeout, preexisting), limit,
+                                       call.child_started)
                 raise
         return {}
 
@@ -269,11 +280,24 @@ async def _named_mutation(h: Helper, req: Any, actor: Actor) -> Any:
 async def _freeze_container(h: Helper, req: ops.FreezeContainer, actor: Actor) -> Any:
     # liblxc's freeze can wait for ever on a cgroup stuck in FREEZING.
     return await h.mutate(req, req.name, deadline=h.cfg.freeze_timeout,
-                          on_timeout=lambda: h.containers.thaw_after_timeout(req.name))
+                          on_timeout=lambda _existed: h.containers.thaw_after_timeout(req.name))
+
+
+async def _create_container(h: Helper, req: ops.CreateContainer, actor: Actor) -> Any:
+    return await h.mutate(req, req.name, on_timeout=_remains_of(h, req.name))
 
 
 async def _clone_container(h: Helper, req: ops.CloneContainer, actor: Actor) -> Any:
-    return await h.mutate(req, req.name, req.source)
+    return await h.mutate(req, req.name, req.source, on_timeout=_remains_of(h, req.name))
+
+
+def _remains_of(h: Helper, name: str) -> Callable[[bool], None]:
+    """A create or clone killed at its deadline never ran its own cleanup: remove what it
+    made, but only if the name was free when it began (else what is there is not its)."""
+    def remove(existed: bool) -> None:
+        if not existed:
+            h.containers.remove_remains(name)
+    return remove
 
 
 async def _create_token(h: Helper, req: ops.CreateToken, actor: Actor) -> Any:
@@ -311,7 +335,7 @@ ALLOWED: dict[str, Handler] = {
     "freeze_container": _freeze_container,
     "unfreeze_container": _named_mutation,
     "restart_container": _named_mutation,
-    "create_container": _named_mutation,
+    "create_container": _create_container,
     "clone_container": _clone_container,
     "destroy_container": _named_mutation,
     "create_token": _create_token,
