@@ -85,6 +85,11 @@ class Api:
         except web.HTTPException as exc:
             code = HTTP_CODES.get(exc.status, "invalid-request")
             response = error_response(LwpError(code, exc.reason))
+            if "Allow" in exc.headers:  # a 405 must say what is allowed (RFC 9110)
+                response.headers["Allow"] = exc.headers["Allow"]
+                # ... and a client using a method we never serve may frame its message in a
+                # way we do not (a TRACE with a body, say): start afresh on a new connection.
+                response.force_close()
         except Exception:  # noqa: BLE001 — logged in full here, never shown to the client
             log.exception("request %s failed unexpectedly", request_id)
             response = error_response(LwpError("internal-error", "internal error"))
@@ -177,10 +182,12 @@ class Api:
     async def create_token(self, request: web.Request) -> web.Response:
         body = await json_object(request)
         _no_others(body, {"token", "description", "scope", "expires"})
+        scope = field(body, "scope", str, required=False)
         req = ops.CreateToken(
             token=field(body, "token", str, required=False),
             description=field(body, "description", str, required=False) or "",
-            scope=field(body, "scope", str, required=False) or "admin",
+            # Only an absent scope means admin: "" is a mistake, not a default.
+            scope="admin" if scope is None else scope,
             expires=field(body, "expires", (int, float), required=False))
         result = await self.call(request, req)
         reply: dict[str, Any] = {**OK, "id": result["id"]}

@@ -10,27 +10,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import resource
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadStatusLine
 from aiohttp.web_protocol import RequestHandler
 
+from frontend.errors import HTTP_CODES, error_response
 from frontend.ratelimit import LogLimiter
+from protocol.errors import LwpError
 
 log = logging.getLogger("lwp.frontend.guard")
 # File descriptors kept free beside the connections: the helper pool (32), the token store,
 # logs, the listening socket, and the accept() that finds the cap reached.
 FD_RESERVE = 128
 LOG_LINES_PER_MINUTE = 10
+# How much of a request line is kept to answer a method the HTTP parser does not know.
+LINE_MAX = 8190
+METHOD_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+Methods = Callable[[str], list[str]]
 
 
 class ConnectionGuard:
     def __init__(self, timeout: float, max_connections: int,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, methods: Methods = lambda path: []) -> None:
         self.timeout = timeout
+        self.methods = methods
         self.max_connections = max_connections
         self.loop = loop
         self.tick = min(0.5, timeout / 4)
@@ -63,6 +73,7 @@ class ConnectionGuard:
 
     def received(self, conn: GuardedHandler) -> None:
         """`conn` delivered a whole request: its handler's time is the handler's business."""
+        conn.request_line = b""  # whatever comes next starts the next request
         self._waiting.pop(conn, None)
 
     def closed(self, conn: GuardedHandler) -> None:
@@ -74,6 +85,7 @@ class ConnectionGuard:
         def factory(message: Any, payload: Any, protocol: Any, writer: Any,
                     task: Any) -> web.BaseRequest:
             if isinstance(protocol, GuardedHandler):
+                protocol.head = protocol.request_line  # this request's, for handle_error
                 # The body counts too: a request is whole when its payload ends.
                 payload.on_eof(lambda: self.received(protocol))
             request: web.BaseRequest = make(message, payload, protocol, writer, task)
@@ -91,6 +103,27 @@ class ConnectionGuard:
                        self.timeout)
         self._sweeper = self.loop.call_later(self.tick, self._sweep) if self._open else None
 
+    def parse_error(self, line: bytes, status: int, exc: BaseException | None,
+                    peer: str) -> web.Response:
+        """aiohttp's parser refused a request: answer in the API's error shape, and log one
+        line within the budget (aiohttp would log a traceback for each, a flood's worth)."""
+        method, _, rest = line.partition(b" ")
+        target = rest.split(b" ", 1)[0].split(b"?", 1)[0].decode("ascii", "replace")
+        allowed = self.methods(target) if isinstance(exc, BadStatusLine) else []
+        if METHOD_RE.fullmatch(method) and allowed:
+            # A well-formed method the C parser does not know (e.g. QUERY) is not allowed
+            # here, as any method missing from the route table is.
+            response = error_response(LwpError("method-not-allowed", "Method Not Allowed"))
+            response.headers["Allow"] = ", ".join(allowed)
+        else:
+            code = HTTP_CODES.get(status, "invalid-request") if status < 500 else "internal-error"
+            response = error_response(LwpError(code, "the request could not be parsed"))
+        self._log.warning(self.loop.time(), "refused an unparsable request with %d (client %s)",
+                          response.status, peer)
+        response.headers["X-Request-Id"] = uuid.uuid4().hex
+        response.force_close()
+        return response
+
     def _drop(self, conn: GuardedHandler, why: str, *args: object) -> None:
         self.closed(conn)
         self._log.warning(self.loop.time(), why + " (client %s)", *args, conn.peer)
@@ -104,6 +137,25 @@ class GuardedHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self.guard = guard
         self.peer = "unknown"
+        self.request_line = b""  # the bytes of the request being received, from its start
+        self.head = b""  # ... as they were when its head was parsed (or refused)
+
+    def data_received(self, data: bytes) -> None:
+        # Keep the current request's first line, for handle_error only.
+        if b"\n" not in self.request_line and len(self.request_line) < LINE_MAX:
+            self.request_line += data[:LINE_MAX - len(self.request_line)]
+        super().data_received(data)
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0 or status >= 500:
+            # A fault of ours, not a client's: aiohttp logs it in full (once; these are bugs)
+            # and raises when the response has begun already.
+            self.log_exception("Error handling request", exc_info=exc)
+            if request.writer.output_size > 0:
+                return super().handle_error(request, status, exc, message)
+        return self.guard.parse_error(self.head.split(b"\r\n", 1)[0], status, exc, self.peer)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

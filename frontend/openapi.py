@@ -1,4 +1,4 @@
-"""The OpenAPI 3.0 document of the RestAPI, built from the same rules and codes the code enforces.
+"""The OpenAPI 3.1 document of the RestAPI, built from the same rules and codes the code enforces.
 
 Patterns, scopes, actions and error codes come from protocol/ and frontend/ themselves, so the
 document cannot drift from them; tests/test_openapi.py proves its paths are exactly the served ones.
@@ -39,7 +39,16 @@ def _string(pattern: re.Pattern[str], max_length: int | None = None) -> dict[str
 
 
 NAME = _string(rules.NAME_RE)
-NULLABLE_TIME = {"type": "number", "nullable": True}
+NULLABLE_TIME = {"type": ["number", "null"]}
+# Python's str.isprintable() (the rule for free text) depends on the Unicode version and has no
+# JSON Schema pattern; this one is exact for ASCII and names the rule for the rest.
+TEXT = {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]*$",
+        "description": "printable characters (no control characters, no line breaks)"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    # Optional body fields: JSON null means the same as leaving the field out.
+    return {**schema, "type": [schema["type"], "null"]}
 
 
 def _object(required: list[str], **properties: Any) -> dict[str, Any]:
@@ -75,21 +84,23 @@ SCHEMAS: dict[str, Any] = {
     "CreateContainer": {
         **_object(
             ["name"], name=NAME,
-            template={**_string(rules.TEMPLATE_RE),
+            template={**_nullable(_string(rules.TEMPLATE_RE)),
                       "description": "an installed template's name (lxc-<template>)"},
-            clone={**NAME, "description": "the name of a stopped container to copy"},
-            store={**_string(rules.STORE_RE),
+            clone={**_nullable(NAME), "description": "the name of a stopped container to copy"},
+            store={**_nullable(_string(rules.STORE_RE)),
                    "description": "a backing store the configuration allows"},
             xargs={"description": "template options as --option=value words (a string split "
                                   "like a shell would, or a list); only options the "
                                   "configuration allows for that template",
-                   "oneOf": [{"type": "string"},
+                   "oneOf": [{"type": ["string", "null"]},
                              {"type": "array", "items": {"type": "string"},
                               "maxItems": rules.MAX_XARGS * 2}]}),
-        # Exactly one source; xargs belong to templates only.
-        "oneOf": [{"required": ["template"], "not": {"required": ["clone"]}},
-                  {"required": ["clone"],
-                   "not": {"anyOf": [{"required": ["template"]}, {"required": ["xargs"]}]}}],
+        # Exactly one source (null counts as absent); xargs belong to templates only.
+        "oneOf": [{"required": ["template"], "properties": {"template": {"type": "string"},
+                                                            "clone": {"type": "null"}}},
+                  {"required": ["clone"], "properties": {"clone": {"type": "string"},
+                                                         "template": {"type": "null"},
+                                                         "xargs": {"enum": [None, "", []]}}}],
     },
     "TokenRecord": _object(
         ["id", "description", "scope", "created", "expires", "last_used"],
@@ -99,13 +110,13 @@ SCHEMAS: dict[str, Any] = {
         created={"type": "number"}, expires=NULLABLE_TIME, last_used=NULLABLE_TIME),
     "CreateToken": _object(
         [],
-        token={**_string(rules.TOKEN_RE, rules.TOKEN_MAX), "minLength": ops.TOKEN_FLOOR,
+        token={**_nullable(_string(rules.TOKEN_RE, rules.TOKEN_MAX)),
+               "minLength": ops.TOKEN_FLOOR,
                "description": "a client-chosen secret, at least the configured minimum "
                               "length; absent: the server generates one and returns it once"},
-        description={"type": "string", "maxLength": rules.MAX_DESCRIPTION,
-                     "pattern": "^[^\\x00-\\x1f\\x7f]*$"},
-        scope={"type": "string", "enum": list(rules.SCOPES), "default": "admin"},
-        expires={"type": "number", "exclusiveMinimum": True, "minimum": 0,
+        description={**_nullable(TEXT), "maxLength": rules.MAX_DESCRIPTION},
+        scope={"enum": [*rules.SCOPES, None], "default": "admin"},
+        expires={"type": ["number", "null"], "exclusiveMinimum": 0,
                  "description": "Unix time after which the token is refused"}),
     "TokenCreated": _object(["status", "id"], status={"type": "string", "enum": ["ok"]},
                             id={"type": "integer", "minimum": 1},
@@ -145,6 +156,27 @@ def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
+def _query_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+# ISO 8601 as the audit filter reads it (datetime.fromisoformat), kept to what a pattern can
+# promise is a real date: any day up to the 28th of any month.
+ISO_TIME = ("^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+            "(T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\\.[0-9]{1,6})?)?"
+            "(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])?)?$")
+COUNT = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}
+AUDIT_PARAMS = [
+    _query_param("since", {"type": "string", "pattern": ISO_TIME}),
+    _query_param("until", {"type": "string", "pattern": ISO_TIME}),
+    _query_param("container", NAME),
+    _query_param("actor", {**TEXT, "minLength": 1, "maxLength": rules.MAX_DESCRIPTION,
+                           "description": "a token id, or part of a token's description"}),
+    _query_param("op", {"type": "string", "enum": sorted(ops.OPS)}),
+    _query_param("outcome", {"type": "string", "enum": list(ops.AUDIT_OUTCOMES)}),
+    _query_param("limit", {**COUNT, "minimum": 1, "maximum": ops.AUDIT_MAX_LIMIT}),
+    _query_param("cursor", {**COUNT, "description": "next_cursor of the previous page"}),
+]
 NAME_PARAM = _path_param("name", NAME)
 # Path -> method -> operation. Every route also answers with a trailing slash, unredirected.
 PATHS: dict[str, dict[str, Any]] = {
@@ -188,11 +220,20 @@ PATHS: dict[str, dict[str, Any]] = {
                                                      "maximum": 10**18 - 1})],
                    "responses": _responses("TokenRevoked", *FORWARDED, 400, 404)},
     },
+    "/api/v1/audit": {
+        "get": {"operationId": "query_audit",
+                "summary": "one page of the audit trail, filtered (admin tokens)",
+                "parameters": AUDIT_PARAMS,
+                "responses": _responses("AuditPage", *FORWARDED, 400, 500)},
+    },
     "/api/v1/openapi.json": {
         "get": {"operationId": "openapi", "summary": "this document (any valid token)",
                 "responses": _responses("OpenApi", *ANY_REQUEST)},
     },
 }
+SCHEMAS["AuditPage"] = _object(
+    ["records", "next_cursor"], records={"type": "array", "items": {"type": "object"}},
+    next_cursor={"type": ["integer", "null"]})
 SCHEMAS["TokenList"] = {"type": "array", "items": _ref("TokenRecord")}
 SCHEMAS["OpenApi"] = {"type": "object", "required": ["openapi", "paths"]}
 
@@ -203,7 +244,7 @@ def document(token_min_length: int = ops.TOKEN_FLOOR) -> dict[str, Any]:
     schemas = copy.deepcopy(SCHEMAS)
     schemas["CreateToken"]["properties"]["token"]["minLength"] = token_min_length
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "LXC Web Panel RestAPI", "version": "1",
                  "description": "The seed's RestAPI through a privilege split. Every path also "
                                 "answers with a trailing slash. Every error has the Error shape."},

@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.log import access_logger
@@ -68,14 +69,28 @@ def tls_context(cfg: FrontendConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def route_methods(app: web.Application) -> Callable[[str], list[str]]:
+    """The methods the app serves on a path (for the Allow header of a refused method)."""
+    def methods(path: str) -> list[str]:
+        found: set[str] = set()
+        for resource in app.router.resources():
+            info = resource.get_info()
+            pattern = info.get("pattern")
+            if info.get("path") == path or (pattern is not None and pattern.fullmatch(path)):
+                found.update(route.method for route in resource)
+        return sorted(found)
+    return methods
+
+
 async def serve(cfg: FrontendConfig, stop: asyncio.Event) -> None:
     """Listen until `stop` is set, then close every connection and the app."""
     check_exposure(cfg)
     ctx = tls_context(cfg)
     loop = asyncio.get_running_loop()
     cap = raise_fd_limit(cfg.max_connections)
-    guard = ConnectionGuard(cfg.header_timeout, cap, loop)
-    runner = web.AppRunner(make_app(cfg))
+    app = make_app(cfg)
+    guard = ConnectionGuard(cfg.header_timeout, cap, loop, route_methods(app))
+    runner = web.AppRunner(app)
     await runner.setup()
     assert runner.server is not None
     server: web.Server = runner.server
