@@ -7,6 +7,7 @@ it (helperd/containers.py), so API/direct measures the chain and nothing else.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import sys
@@ -234,6 +235,10 @@ def loop(op: str, path: str, args: dict[str, Any], threads: int, seconds: float)
 
 def main() -> int:
     path = sys.argv[1]
+    # The same malloc arena cap as the helper (helperd/server.py): the loop's threads would
+    # otherwise grow this process, and liblxc's get_ips() forks its caller, so a bigger
+    # process makes every info slower; the floor must not be handicapped.
+    ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # liblxc and templates print; keep the reply channel clean
     home = Home()

@@ -417,6 +417,9 @@ class Bench:
         if self.audit_section:
             self.audit_cost()
         self.extras["direct_cgroup_moves_undone"] = self.direct.ask(cmd="moves")["moves"]
+        # liblxc's get_ips() forks its caller, so its cost grows with the caller's RSS.
+        self.extras["direct_worker_rss_mib"] = rss_kib(self.direct.proc.pid) / MIB
+        self.extras["loadavg_at_end"] = os.getloadavg()
 
 
 def _fdatasync_probe(directory: str, reps: int = 200) -> dict[str, float]:
@@ -570,6 +573,10 @@ def main() -> int:
                 "sections": [{"title": t, "rows": rows} for t, rows in bench.sections],
                 "extras": bench.extras}
     print()
+    machine = document["machine"]
+    print(f"N={plan.n}{' (small)' if args.small else ''}, git {machine['git']}, "
+          f"{machine['cpus']} CPUs, cgroup {machine['cgroup']}, load average at start "
+          f"{machine['loadavg_at_start'][0]:.2f}, at end {bench.extras['loadavg_at_end'][0]:.2f}")
     print(report.table(bench.sections))
     print()
     for key, value in bench.extras.items():
