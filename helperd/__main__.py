@@ -17,6 +17,9 @@ from helperd.tokenstore import TokenStore
 from protocol.config import DEFAULT_CONFIG, ConfigError
 
 log = logging.getLogger("lwp.helperd")
+# How long a stop waits for requests under way (a create may take minutes; systemd's own stop
+# timeout is 90 s, so stay under it and let recovery settle whatever is still running).
+SHUTDOWN_GRACE = 60.0
 
 
 async def serve(cfg: config.HelperConfig) -> None:
@@ -39,7 +42,11 @@ async def serve(cfg: config.HelperConfig) -> None:
     log.info("helper serving on %s (lxcpath %s)", cfg.socket, cfg.lxcpath)
     async with server:
         await stop.wait()
-    log.info("helper stopping")
+        server.close()  # no new connections; requests under way may finish
+        log.info("helper stopping: waiting up to %g s for requests under way", SHUTDOWN_GRACE)
+        if not await helper.drain(SHUTDOWN_GRACE):
+            log.warning("requests still under way at shutdown: the next start records them "
+                        "as interrupted")
     await writer.close()
 
 

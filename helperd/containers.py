@@ -19,8 +19,8 @@ import lxc
 
 from helperd import cgroupstats
 from helperd.config import HelperConfig
-from protocol.config import ConfigError
 from protocol import ops, rules
+from protocol.config import ConfigError
 from protocol.errors import LwpError, invalid
 
 # A host-side interface name as liblxc reports it, safe to put in a /sys path.
@@ -72,10 +72,18 @@ class Containers:
 
     def list_containers(self) -> list[dict[str, str]]:
         names = lxc.list_containers(config_path=self.cfg.lxcpath, as_object=False)
-        # Containers made outside the API with names that break the rule are not listed:
-        # no client could address them anyway.
-        return [{"container": name, "state": lxc.Container(name, self.cfg.lxcpath).state.lower()}
-                for name in sorted(names) if rules.NAME_RE.fullmatch(name)]
+        listing = []
+        for name in sorted(names):
+            # Containers made outside the API with names that break the rule are not listed:
+            # no client could address them anyway.
+            if not rules.NAME_RE.fullmatch(name):
+                continue
+            try:
+                state = lxc.Container(name, self.cfg.lxcpath).state
+            except RuntimeError:
+                continue  # destroyed between the directory listing and this look
+            listing.append({"container": name, "state": state.lower()})
+        return listing
 
     def container_info(self, name: str) -> dict[str, Any]:
         c = self._existing(name, "not-found")

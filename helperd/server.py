@@ -82,6 +82,17 @@ class Helper:
         _cap_malloc_arenas()
         self.readers = ThreadPoolExecutor(cfg.read_workers, thread_name_prefix="lxc-read")
         self._locks: dict[str, _Slot] = {}
+        self._busy = 0  # requests executing now
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    async def drain(self, grace: float) -> bool:
+        """Wait up to `grace` s for executing requests to finish; False if some did not."""
+        try:
+            await asyncio.wait_for(self._drained.wait(), grace)
+        except TimeoutError:
+            return False
+        return True
 
     # -- connection handling ------------------------------------------------------------
 
@@ -112,7 +123,14 @@ class Helper:
                     writer.write(framing.encode_frame(ops.encode_error(exc)))
                     await writer.drain()
                     return
-                reply = await self.execute(envelope, peer)
+                self._busy += 1
+                self._drained.clear()
+                try:
+                    reply = await self.execute(envelope, peer)
+                finally:
+                    self._busy -= 1
+                    if not self._busy:
+                        self._drained.set()
                 writer.write(framing.encode_frame(reply))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -355,7 +373,7 @@ def listening_socket(cfg: HelperConfig, gid: int) -> socket.socket:
     directory = os.path.dirname(cfg.socket)
     os.makedirs(directory, mode=0o750, exist_ok=True)
     os.chown(directory, 0, gid)
-    os.chmod(directory, 0o750)
+    os.chmod(directory, 0o750)  # noqa: S103 — the frontend's group must traverse it
     with contextlib.suppress(FileNotFoundError):
         os.unlink(cfg.socket)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -151,3 +151,31 @@ async def test_network_fields_of_a_container_on_a_veth(api: Any, admin: dict[str
 def test_ip_is_the_first_ipv4_else_the_first_ipv6_whole(ips: list[str], chosen: str) -> None:
     from helperd.containers import first_address
     assert first_address(ips) == chosen
+
+
+def test_sigterm_lets_a_create_under_way_finish() -> None:
+    import signal
+    import threading
+
+    from protocol import ops
+    from tests.conftest import destroy_world, make_world
+    w = make_world()
+    w.start_helper()
+    try:
+        assert w.process is not None
+        name = new_name()
+        outcome: list[Any] = []
+        worker = threading.Thread(target=lambda: outcome.append(
+            w.call(ops.CreateContainer(name, "slow"))))  # the template sleeps 3 s
+        worker.start()
+        deadline = 50
+        while not os.path.exists(os.path.join(w.lxcpath, name)) and deadline:
+            deadline -= 1
+            threading.Event().wait(0.1)
+        w.process.send_signal(signal.SIGTERM)
+        worker.join(30)
+        assert outcome == [{}]  # the reply came, after the template finished
+        assert w.process.wait(30) == 0
+        assert os.path.isfile(os.path.join(w.lxcpath, name, "config"))
+    finally:
+        destroy_world(w)
