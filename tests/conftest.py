@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 
+from frontend.accesslog import AccessLogger
 from frontend.app import make_app
 from frontend.config import FrontendConfig
 from protocol import framing, ops
@@ -199,7 +201,11 @@ def tokens(world: World) -> Tokens:
 
 @pytest.fixture
 async def api(world: World, aiohttp_client: Any) -> Any:
-    return await aiohttp_client(make_app(world.frontend))
+    # Started here with the product's access log: aiohttp's default one would write the
+    # tokens in revoke paths into the test logs (aiohttp_client drops access_log_class).
+    server = TestServer(make_app(world.frontend))
+    await server.start_server(access_log_class=AccessLogger)
+    return await aiohttp_client(server)
 
 
 def new_name() -> str:
