@@ -2,7 +2,7 @@
 PY := /usr/bin/python3
 RUNTIME_DEPS := lxc python3-lxc python3-aiohttp python3-msgpack rsync
 TEST_DEPS := $(RUNTIME_DEPS) busybox-static iproute2 python3-pytest python3-pytest-aiohttp \
-             python3-pytest-timeout python3-mypy python3-venv python3-hypothesis
+             python3-pytest-timeout python3-mypy python3-venv python3-hypothesis openssl
 VENV := .venv
 APT := DEBIAN_FRONTEND=noninteractive apt-get
 
@@ -29,8 +29,12 @@ lint:
 unit:
 	$(PY) -m pytest -m "not security"
 
-# Attack, fuzz and fault tests (issue: safe to put on a network).
+# Attack, fuzz and fault tests (issue: safe to put on a network; see SECURITY.md): slow
+# clients, rate limits, token timing, schemathesis against a live instance, the helper fuzzer,
+# fault injection. schemathesis is a dev tool from PyPI, pinned, in the venv only.
+SCHEMATHESIS := schemathesis==4.32.5
 security: test-deps
+	$(VENV)/bin/pip install -q "$(SCHEMATHESIS)"
 	$(PY) -m pytest -m security
 
 # The benchmark: direct python3-lxc against the whole HTTP chain, in one run.

@@ -183,7 +183,12 @@ def raise_fd_limit(wanted: int) -> int:
     if hard != resource.RLIM_INFINITY:
         target = min(target, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            # e.g. a unit whose SystemCallFilter denies @resources: LimitNOFILE= must do it.
+            log.warning("cannot raise RLIMIT_NOFILE from %d to %d; set LimitNOFILE=%d",
+                        soft, target, target)
     room = wanted if soft == resource.RLIM_INFINITY else soft - FD_RESERVE
     return max(1, min(wanted, room))

@@ -2,13 +2,18 @@
 revocable by id as well as by the token itself."""
 from __future__ import annotations
 
+import os
 import re
+import sqlite3
+import stat
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
 from frontend.accesslog import safe_target
-from tests.conftest import Tokens
+from protocol import tokens as store
+from tests.conftest import Tokens, World
 
 GENERATED = re.compile(r"lwp_[A-Za-z0-9_-]{43}")  # 32 random bytes, base64url: 256 bits
 
@@ -73,9 +78,30 @@ async def test_an_empty_scope_is_refused_not_taken_for_admin(api: Any,
 
 
 def test_the_access_log_redacts_a_token_path_but_keeps_an_id_path() -> None:
-    from aiohttp.test_utils import make_mocked_request
     secret = "lwp_" + "x" * 43
     assert safe_target(make_mocked_request("DELETE", f"/api/v1/tokens/{secret}")) == \
         "/api/v1/tokens/REDACTED"
     assert safe_target(make_mocked_request("DELETE", "/api/v1/tokens/id/17")) == \
         "/api/v1/tokens/id/17"
+
+
+def test_the_frontend_can_verify_but_never_write_the_store(world: World) -> None:
+    reader = store.open_reader(world.state_dir)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.execute("DELETE FROM tokens")
+    for name in (store.DB_FILE, store.KEY_FILE):
+        st = os.stat(os.path.join(world.state_dir, name))
+        assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o640, name
+
+
+@pytest.mark.parametrize(("text", "status"), [
+    ("Jürgen's laptop", 200), ("\U0001f600 ok", 200), ("日本語", 200),
+    ("bidi \u202e override", 400), ("zero\u200bwidth", 400), ("line\u2028break", 400),
+    ("lone \ud800 surrogate", 400), ("nul \x00", 400), ("tab\t", 400),
+])
+async def test_non_ascii_free_text_is_accepted_or_refused_never_a_5xx(
+        api: Any, admin: dict[str, str], text: str, status: int) -> None:
+    """The fuzzer speaks ASCII (see SECURITY.md); this covers what lies beyond it."""
+    r = await api.post("/api/v1/tokens", json={"scope": "read", "description": text},
+                       headers=admin)
+    assert r.status == status, await r.text()
