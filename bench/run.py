@@ -278,6 +278,9 @@ class Bench:
         finally:
             self.world.stop("nothing")
         base = statistics.median(r.rps for r in nothing)
+        self.extras["cpu_ms_per_request_c16"] = {
+            "do-nothing aiohttp": _median_cpu(nothing),
+            **{what: _median_cpu(runs) for what, runs in chain.items()}}
         rates = {what: statistics.median(r.rps for r in runs) for what, runs in chain.items()}
         best = max(rates, key=lambda what: rates[what])
         for what, rps in rates.items():
@@ -349,14 +352,18 @@ class Bench:
 
     def audit_cost(self) -> None:
         """The same requests with the audit trail on disk and on tmpfs (fdatasync is free
-        there): the difference is what the trail's durability costs on this disk."""
+        there): the difference is what the trail's durability costs on this disk. On tmpfs
+        the direct side is measured alongside, in alternating blocks as everywhere else."""
         p = self.plan
-        run, stop = self.running[0], self.stopped[0]
-        reads = [("info, stopped container", f"/api/v1/containers/{stop}", p.read_reps),
-                 ("info, running container", f"/api/v1/containers/{run}", p.read_reps),
-                 (f"list with states, N={p.n}", "/api/v1/containers", p.list_reps)]
-        frozen = self.running[-1]
+        run, stop, frozen = self.running[0], self.stopped[0], self.running[-1]
+        reads: list[tuple[str, str | None, dict[str, Any], str, int]] = [
+            ("info, stopped container", None, {}, f"/api/v1/containers/{stop}", p.read_reps),
+            ("info, running container", "info", {"name": run}, f"/api/v1/containers/{run}",
+             p.read_reps),
+            (f"list with states, N={p.n}", "list", {}, "/api/v1/containers", p.list_reps)]
         measured: dict[str, dict[str, list[float]]] = {}
+        direct: dict[str, list[float]] = {what: [] for what, op, *_ in reads if op}
+        direct.update(freeze=[], unfreeze=[])
         rates: dict[str, load.Load] = {}
         shm = tempfile.mkdtemp(prefix="lwp-bench-audit-", dir="/dev/shm")
         try:
@@ -368,13 +375,19 @@ class Bench:
                     self.http = measure.Http(self.world.port, self.world.token)
                 say(f"audit cost: audit on {where}")
                 got = measured[where] = {}
-                for what, path, reps in reads:
-                    got[what] = [self.api("GET", path) for _ in range(reps)]
+                for what, op, args, path, reps in reads:
+                    if where == "tmpfs" and op is not None:
+                        direct[what], got[what] = self.interleaved(op, args, path, reps)
+                    else:
+                        got[what] = [self.api("GET", path) for _ in range(reps)]
                 got["start of a running container (409 from the forked child)"] = [
                     self.api("POST", f"/api/v1/containers/{run}", {"action": "start"}, 409)
                     for _ in range(p.mutation_reps)]
                 got["freeze"], got["unfreeze"] = [], []
                 for _ in range(p.mutation_reps):
+                    for action in ("freeze", "unfreeze"):
+                        if where == "tmpfs":
+                            direct[action].extend(self.direct.times(action, name=frozen))
                     for action in ("freeze", "unfreeze"):
                         got[action].append(self.api("POST", f"/api/v1/containers/{frozen}",
                                                     {"action": action}))
@@ -393,12 +406,6 @@ class Bench:
         self.extras["fdatasync_ms_on_audit_disk"] = _fdatasync_probe(self.world.base)
         rows = self.section("the targets without the audit's fsync (trail on tmpfs; for "
                             "attribution only, not the product's figure)")
-        direct = {"info, running container": self.direct.times("info", p.read_reps, name=run),
-                  f"list with states, N={p.n}": self.direct.times("list", p.list_reps),
-                  "freeze": [], "unfreeze": []}
-        for _ in range(p.mutation_reps):
-            for action in ("freeze", "unfreeze"):
-                direct[action].extend(self.direct.times(action, name=frozen))
         limits = {"info, running container": 1.5, f"list with states, N={p.n}": 1.25,
                   "freeze": 2.0, "unfreeze": 2.0}
         for what, samples in direct.items():
@@ -420,6 +427,11 @@ class Bench:
         # liblxc's get_ips() forks its caller, so its cost grows with the caller's RSS.
         self.extras["direct_worker_rss_mib"] = rss_kib(self.direct.proc.pid) / MIB
         self.extras["loadavg_at_end"] = os.getloadavg()
+
+
+def _median_cpu(runs: list[load.Load]) -> dict[str, float]:
+    return {name: statistics.median(r.cpu_ms_per_request[name] for r in runs)
+            for name in runs[0].cpu_ms_per_request}
 
 
 def _fdatasync_probe(directory: str, reps: int = 200) -> dict[str, float]:
