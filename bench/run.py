@@ -4,7 +4,7 @@
 Builds N containers in a temporary lxcpath, starts a real helper and frontend on loopback,
 measures both sides in the same run and prints one table of medians, p99s, ratios and
 verdicts (also written as JSON to bench/results/). Only an error fails the run; a missed
-target is reported, never asserted. `--small` is the CI version (N=10, well under a minute).
+target is reported, never asserted. `--small` is the CI version (N=10, about a minute).
 """
 from __future__ import annotations
 
