@@ -229,6 +229,7 @@ class Bench:
                                            - statistics.median(info)) * 1000
         self.extras["fork_noop_in_bench_process_ms"] = _fork_noop(p.read_reps)
         self.extras["prefork_handoff_in_bench_process_ms"] = _prefork_handoff(p.read_reps)
+        self.extras["thread_pool_handoff_in_bench_process_ms"] = _pool_handoff(p.read_reps)
         key = tokens.load_key(self.world.state_dir)
         db = tokens.open_reader(self.world.state_dir)
         t0 = time.perf_counter()
@@ -449,6 +450,23 @@ def _fdatasync_probe(directory: str, reps: int = 200) -> dict[str, float]:
         os.close(fd)
         os.unlink(path)
     return measure.summary(samples)
+
+
+def _pool_handoff(reps: int) -> float:
+    """A no-op through a thread pool as the helper runs its reads (executor + timeout)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def go() -> list[float]:
+        loop = asyncio.get_running_loop()
+        out = []
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                async with asyncio.timeout(30):
+                    await loop.run_in_executor(pool, int)
+                out.append(time.perf_counter() - t0)
+        return out
+    return statistics.median(asyncio.run(go())) * 1000
 
 
 def _prefork_handoff(reps: int) -> float:
