@@ -98,9 +98,13 @@ class ConnectionGuard:
             conn, deadline = next(iter(self._waiting.items()))
             if deadline > now:
                 break
-            self.dropped += 1
-            self._drop(conn, "closed a connection that sent no whole request within %g s",
-                       self.timeout)
+            if conn.request_line:  # part of a request came, the rest did not: worth a line
+                self.dropped += 1
+                self._drop(conn, "closed a connection that sent no whole request within %g s",
+                           self.timeout)
+            else:  # an idle keep-alive connection (or one that never spoke): just closed
+                self.closed(conn)
+                conn.force_close()
         self._sweeper = self.loop.call_later(self.tick, self._sweep) if self._open else None
 
     def parse_error(self, line: bytes, status: int, exc: BaseException | None,
@@ -125,6 +129,7 @@ class ConnectionGuard:
         return response
 
     def _drop(self, conn: GuardedHandler, why: str, *args: object) -> None:
+        """Close `conn` now, with a log line within the budget."""
         self.closed(conn)
         self._log.warning(self.loop.time(), why + " (client %s)", *args, conn.peer)
         conn.force_close()

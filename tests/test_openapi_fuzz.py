@@ -40,9 +40,10 @@ SAFE_IDS = {"admin": 424242424242, "read": 434343434343}
 OPERATIONS = [(method.upper(), path, op["operationId"])
               for path, item in openapi.PATHS.items()
               for method, op in item.items() if method != "parameters"]
-# Schemathesis processes at once: the admin jobs wait on liblxc and fsyncs, the read jobs burn
-# CPU in schemathesis itself; three keep this machine's two cores busy.
-WORKERS = 3
+# Schemathesis processes at once: admin jobs mostly wait on the helper (liblxc, forks, the
+# audit trail's fsyncs), read jobs burn CPU in schemathesis itself; on two cores, four
+# processes keep both busy without starving the frontend.
+WORKERS = int(os.environ.get("LWP_FUZZ_WORKERS", "4"))
 # The slowest jobs first (they do real container work), so the pool ends together.
 SLOW_FIRST = ["container_action", "create_container", "destroy_container", "revoke_token_by_id"]
 # Operations with neither parameters nor a body have one distinct request to send.
@@ -120,7 +121,7 @@ def jobs() -> list[tuple[str, str | None]]:
     order = sorted((op_id for _, _, op_id in OPERATIONS),
                    key=lambda op: SLOW_FIRST.index(op) if op in SLOW_FIRST else len(SLOW_FIRST))
     whole: list[tuple[str, str | None]] = [("admin", None), ("read", None)]
-    return whole + [(scope, op) for op in order for scope in ("admin", "read")]
+    return whole + [(scope, op) for scope in ("admin", "read") for op in order]
 
 
 def run_job(live: Live, workdir: str, scope: str, op_id: str | None) -> tuple[int, str, str]:
