@@ -7,13 +7,14 @@ nothing outside that directory is touched.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,29 @@ class World:
 
     def container_dirs(self) -> set[str]:
         return set(os.listdir(self.lxcpath))
+
+
+def as_user(user: str, act: Callable[[], bytes]) -> bytes:
+    """Run `act` in a forked child that has dropped to `user` for good; return its output.
+
+    Whatever `act` raises is the test's to interpret, so it should catch what it expects."""
+    entry = pwd.getpwnam(user)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            os.write(write_end, act())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
 
 
 def _recv_exactly(s: socket.socket, n: int) -> bytes:

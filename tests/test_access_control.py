@@ -10,7 +10,7 @@ import pytest
 
 from protocol import framing, ops
 from protocol.errors import LwpError
-from tests.conftest import Tokens, World, make_container, new_name
+from tests.conftest import Tokens, World, as_user, make_container, new_name
 
 pytestmark = pytest.mark.lxc
 
@@ -72,35 +72,22 @@ def test_helper_refuses_requests_with_an_unknown_token(world: World) -> None:
 
 
 def _connect_as_nobody(path: str) -> bytes:
-    """Connect to the helper from a child that dropped to `nobody`; return what it was sent."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop privileges for good, then try the socket
+    """Connect to the helper as `nobody`; say how far it got and what it was sent."""
+    def attempt() -> bytes:
+        said = b""
         try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
             s = socket.socket(socket.AF_UNIX)
             s.settimeout(5)
             s.connect(path)
-            os.write(write_end, b"connected;")
+            said += b"connected;"
             s.sendall(framing.encode_frame(ops.encode_request(
                 ops.Envelope("nobody-1", None, "local", ops.ListContainers()))))
-            os.write(write_end, b"reply:" + s.recv(65536))
-        except BrokenPipeError:
-            os.write(write_end, b"reset")
-        except ConnectionResetError:
-            os.write(write_end, b"reset")
+            return said + b"reply:" + s.recv(65536)
+        except (BrokenPipeError, ConnectionResetError):
+            return said + b"reset"
         except OSError as exc:
-            os.write(write_end, f"error:{exc.errno}".encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        out = f.read()
-    os.waitpid(pid, 0)
-    return out
+            return said + f"error:{exc.errno}".encode()
+    return as_user("nobody", attempt)
 
 
 def test_a_uid_that_is_not_allowed_is_refused_and_logged(world: World) -> None:

@@ -33,6 +33,7 @@ from tests.conftest import (
     ROOT,
     Tokens,
     World,
+    as_user,
     destroy_world,
     make_container,
     make_world,
@@ -459,33 +460,19 @@ def test_rotation_under_concurrent_mutations_keeps_every_record_once(
 # -- the frontend user cannot touch the trail ----------------------------------------------------
 
 def _as_user(user: str, attempts: list[tuple[str, str]]) -> dict[str, str]:
-    """Try each (action, path) in a child that has dropped to `user`; what happened to each."""
-    entry = pwd.getpwnam(user)
-    r, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(entry.pw_gid)
-            os.setuid(entry.pw_uid)
-            results = {}
-            for action, path in attempts:
-                try:
-                    ACTIONS[action](path)
-                    results[f"{action} {path}"] = "allowed"
-                except PermissionError:
-                    results[f"{action} {path}"] = "denied"
-                except OSError as exc:
-                    results[f"{action} {path}"] = f"error {exc.errno}"
-            os.write(wfd, json.dumps(results).encode())
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return dict(json.loads(data))
+    """Try each (action, path) as `user`; what happened to each."""
+    def attempt() -> bytes:
+        results = {}
+        for action, path in attempts:
+            try:
+                ACTIONS[action](path)
+                results[f"{action} {path}"] = "allowed"
+            except PermissionError:
+                results[f"{action} {path}"] = "denied"
+            except OSError as exc:
+                results[f"{action} {path}"] = f"error {exc.errno}"
+        return json.dumps(results).encode()
+    return dict(json.loads(as_user(user, attempt)))
 
 
 ACTIONS = {
