@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from protocol import ops
-from tests.conftest import PYTHON, ROOT, World, destroy_world, make_world, write_config
+from tests.conftest import PYTHON, ROOT, World, destroy_world, make_world
 
 
 @dataclass
@@ -46,10 +46,15 @@ def start_frontend(world: World, settings: str = "", scheme: str = "http",
                    admin: str = "", read: str = "") -> Live:
     """Start a frontend on a free port with extra [frontend] `settings`; wait until it listens."""
     port = free_port()
-    write_config(world.base, f'[frontend]\nlisten = "127.0.0.1"\nport = {port}\n{settings}\n')
+    # A file of its own: the world's config (which the helper reads) stays as it is.
+    config = os.path.join(world.base, f"frontend-{port}.toml")
+    with open(world.config) as f:
+        base = f.read()
+    with open(config, "w") as f:
+        f.write(f'{base}\n[frontend]\nlisten = "127.0.0.1"\nport = {port}\n{settings}\n')
     log = os.path.join(world.base, f"frontend-{port}.log")
     with open(log, "ab") as out:
-        process = subprocess.Popen([PYTHON, "-m", "frontend", "--config", world.config],
+        process = subprocess.Popen([PYTHON, "-m", "frontend", "--config", config],
                                    cwd=ROOT, stdout=out, stderr=out)
     deadline = time.monotonic() + 10
     while True:

@@ -17,7 +17,7 @@ import pytest
 from frontend import serve
 from frontend.config import FrontendConfig
 from protocol.config import ConfigError
-from tests.conftest import PYTHON, ROOT, World, write_config
+from tests.conftest import PYTHON, ROOT, World
 from tests.live import Live, make_token, start_frontend, stop_frontend
 
 
@@ -47,7 +47,6 @@ def test_plain_http_on_the_network_when_allowed_is_logged_as_a_warning(
 
 def test_the_frontend_process_refuses_to_start_on_a_network_address(world: World) -> None:
     path = os.path.join(world.base, "exposed.toml")
-    write_config(world.base)  # the base settings (a live test may have added a [frontend])
     with open(world.config) as f:
         text = f.read()
     with open(path, "w") as f:
@@ -60,7 +59,6 @@ def test_the_frontend_process_refuses_to_start_on_a_network_address(world: World
 
 def test_a_certificate_without_its_key_is_a_configuration_error(world: World) -> None:
     path = os.path.join(world.base, "half-tls.toml")
-    write_config(world.base)  # the base settings (a live test may have added a [frontend])
     with open(world.config) as f:
         text = f.read()
     with open(path, "w") as f:
