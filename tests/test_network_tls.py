@@ -45,26 +45,25 @@ def test_plain_http_on_the_network_when_allowed_is_logged_as_a_warning(
     assert "plain HTTP on 0.0.0.0" in caplog.text
 
 
-def test_the_frontend_process_refuses_to_start_on_a_network_address(world: World) -> None:
-    path = os.path.join(world.base, "exposed.toml")
+def start_with(world: World, name: str, frontend: str) -> subprocess.CompletedProcess[str]:
+    """Run the frontend process on the world's settings plus a [frontend] table."""
+    path = os.path.join(world.base, name)
     with open(world.config) as f:
         text = f.read()
     with open(path, "w") as f:
-        f.write(text + '\n[frontend]\nlisten = "0.0.0.0"\nport = 5999\n')
-    done = subprocess.run([PYTHON, "-m", "frontend", "--config", path], cwd=ROOT,
+        f.write(f"{text}\n[frontend]\n{frontend}\n")
+    return subprocess.run([PYTHON, "-m", "frontend", "--config", path], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
+
+
+def test_the_frontend_process_refuses_to_start_on_a_network_address(world: World) -> None:
+    done = start_with(world, "exposed.toml", 'listen = "0.0.0.0"\nport = 5999')
     assert done.returncode == 2
     assert "not a loopback address" in done.stderr
 
 
 def test_a_certificate_without_its_key_is_a_configuration_error(world: World) -> None:
-    path = os.path.join(world.base, "half-tls.toml")
-    with open(world.config) as f:
-        text = f.read()
-    with open(path, "w") as f:
-        f.write(text + '\n[frontend]\ntls_cert = "/etc/ssl/certs/x.pem"\n')
-    done = subprocess.run([PYTHON, "-m", "frontend", "--config", path], cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
+    done = start_with(world, "half-tls.toml", 'tls_cert = "/etc/ssl/certs/x.pem"')
     assert done.returncode == 2 and "give both or neither" in done.stderr
 
 
