@@ -51,6 +51,17 @@ def _cap_malloc_arenas() -> None:
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
+MALLOC_TRIM_INTERVAL = 2.0  # seconds
+
+
+def _trim_malloc() -> None:
+    """Hand the heap's free pages back to the kernel, which glibc does not do by itself:
+    concurrent reads (16 lists of 100 containers at once) left the helper at 42 MiB for
+    good. ~1-2 ms in a reader thread, at most every MALLOC_TRIM_INTERVAL seconds."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who a request acts for, as the helper itself verified it."""
@@ -82,6 +93,7 @@ class Helper:
         _cap_malloc_arenas()
         self.readers = ThreadPoolExecutor(cfg.read_workers, thread_name_prefix="lxc-read")
         self._locks: dict[str, _Slot] = {}
+        self._trimmed = 0.0
         self._busy = 0  # requests executing now
         self._drained = asyncio.Event()
         self._drained.set()
@@ -224,9 +236,14 @@ class Helper:
         try:
             # asyncio.timeout, not wait_for: no extra task per read (~10 us less each).
             async with asyncio.timeout(self.deadline(op)):
-                return await loop.run_in_executor(self.readers, call, *args)
+                result = await loop.run_in_executor(self.readers, call, *args)
         except TimeoutError:
             raise LwpError("timeout", f"{op} did not finish in time") from None
+        now = time.monotonic()
+        if now - self._trimmed >= MALLOC_TRIM_INTERVAL:
+            self._trimmed = now
+            self.readers.submit(_trim_malloc)
+        return result
 
     @contextlib.asynccontextmanager
     async def locked(self, *names: str) -> AsyncIterator[None]:
