@@ -6,7 +6,7 @@ TEST_DEPS := $(RUNTIME_DEPS) busybox-static iproute2 python3-pytest python3-pyte
 VENV := .venv
 APT := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: deps test-deps run test lint unit security bench bench-small
+.PHONY: deps test-deps run test ci lint unit security bench bench-small
 
 deps:
 	$(APT) update -qq
@@ -47,8 +47,12 @@ bench-small: test-deps
 	$(APT) install -y -qq --no-install-recommends wrk
 	$(PY) bench/run.py --small
 
-# The whole test suite: lint, type checks, and every test against real liblxc.
-test: test-deps lint unit
+# The whole test suite: lint, type checks, every test against real liblxc, and the attack,
+# fuzz and fault tests.
+test: test-deps lint unit security
+
+# What CI runs: the whole suite, the small benchmark (so it cannot rot) and the package test.
+ci: test bench-small deb-test
 
 # --- Debian package (packaging/deb/, packaging/systemd/, packaging/deb-test/) ---------------
 .PHONY: deb deb-test deb-clean
