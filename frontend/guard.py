@@ -26,9 +26,13 @@ from frontend.ratelimit import LogLimiter
 from protocol.errors import LwpError
 
 log = logging.getLogger("lwp.frontend.guard")
+# asyncio accepts up to `backlog` connections in one turn of the loop before any of them
+# reaches the guard; the listener is made with this backlog so that burst stays small.
+ACCEPT_BURST = 128
 # File descriptors kept free beside the connections: the helper pool (32), the token store,
-# logs, the listening socket, and the accept() that finds the cap reached.
-FD_RESERVE = 128
+# logs and the listening socket, plus one accept burst past the cap — so accept() never meets
+# EMFILE (asyncio would then stop accepting for a whole second).
+FD_RESERVE = 64 + ACCEPT_BURST
 LOG_LINES_PER_MINUTE = 10
 # How much of a request line is kept to answer a method the HTTP parser does not know.
 LINE_MAX = 8190

@@ -18,7 +18,7 @@ from aiohttp.log import access_logger
 from frontend.accesslog import AccessLogger
 from frontend.app import make_app
 from frontend.config import FrontendConfig
-from frontend.guard import ConnectionGuard, GuardedHandler, raise_fd_limit
+from frontend.guard import ACCEPT_BURST, ConnectionGuard, GuardedHandler, raise_fd_limit
 from protocol.config import ConfigError
 
 log = logging.getLogger("lwp.frontend")
@@ -27,7 +27,6 @@ log = logging.getLogger("lwp.frontend")
 TLS12_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
                  "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
                  "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
-BACKLOG = 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -101,7 +100,7 @@ async def serve(cfg: FrontendConfig, stop: asyncio.Event) -> None:
                               access_log=access_logger, keepalive_timeout=cfg.header_timeout)
 
     listener = await loop.create_server(
-        connection, cfg.listen, cfg.port, ssl=ctx, backlog=BACKLOG, reuse_address=True,
+        connection, cfg.listen, cfg.port, ssl=ctx, backlog=ACCEPT_BURST, reuse_address=True,
         ssl_handshake_timeout=cfg.header_timeout if ctx else None)
     log.info("listening on %s port %d (%s), at most %d connections, %g s per request",
              cfg.listen, cfg.port, "TLS" if ctx else "plain HTTP", cap, cfg.header_timeout)

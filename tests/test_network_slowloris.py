@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from frontend import guard
 from tests.conftest import PYTHON, ROOT, World
 from tests.live import Live, live_world, make_token, start_frontend, stop_frontend
 
@@ -180,9 +181,9 @@ def test_past_the_connection_cap_the_oldest_waiting_connection_makes_room(world:
     assert result["opened"] == ATTACKERS, line
     assert max(latencies) < MAX_LATENCY, line
     # The deadline (60 s) never fired: every close was an eviction, and the frontend never
-    # held more than the cap (plus its listener and its helper connections).
+    # held more than the cap, one accept burst not yet seen by the guard, and its own sockets.
     assert len(result["closed"]) >= ATTACKERS - cap, line
-    assert most <= cap + 40, line
+    assert most <= cap + guard.FD_RESERVE, line
 
 
 if __name__ == "__main__":
