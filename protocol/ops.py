@@ -181,9 +181,9 @@ class QueryAudit:
             raise invalid("cursor", "must be a non-negative integer")
 
 
-Request = Union[ListContainers, ContainerInfo, StartContainer, StopContainer, FreezeContainer,
-                UnfreezeContainer, RestartContainer, CreateContainer, CloneContainer,
-                DestroyContainer, CreateToken, RevokeToken, ListTokens, QueryAudit]
+Request = (ListContainers | ContainerInfo | StartContainer | StopContainer | FreezeContainer
+           | UnfreezeContainer | RestartContainer | CreateContainer | CloneContainer
+           | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit)
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,8 @@ def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
     out: dict[str, tuple[type, ...]] = {}
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
-        members = typing.get_args(hint) if typing.get_origin(hint) in (Union, _UnionType) else (hint,)
+        is_union = typing.get_origin(hint) in (Union, _UnionType)
+        members = typing.get_args(hint) if is_union else (hint,)
         # On the wire a tuple is a list, and a float may arrive written as an integer.
         out[f.name] = tuple(t for m in members
                             for t in ((list,) if typing.get_origin(m) is tuple
