@@ -10,12 +10,15 @@ import asyncio
 import json
 import os
 import resource
+import select
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -43,12 +46,17 @@ def raise_nofile(wanted: int) -> None:
 # -- the attacker (runs in its own process) -------------------------------------------------
 
 async def _dribbler(port: int, opened: list[float], closed: list[float], until: float,
-                    gate: asyncio.Semaphore) -> None:
+                    gate: asyncio.Semaphore, tried: list[int]) -> None:
     async with gate:
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
-            return
+            reader = None
+        tried.append(1)
+        if len(tried) == ATTACKERS:  # the flood of connects is over: say so, once
+            print(json.dumps({"ramped": True}), flush=True)
+    if reader is None:
+        return
     start = time.monotonic()
     opened.append(start)
     writer.write(b"GET /api/v1/containers HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
@@ -75,7 +83,9 @@ async def _attack(port: int, count: int, seconds: float) -> dict[str, object]:
     closed: list[float] = []
     until = time.monotonic() + seconds
     gate = asyncio.Semaphore(200)  # connect in waves, as the kernel's accept queue allows
-    await asyncio.gather(*(_dribbler(port, opened, closed, until, gate) for _ in range(count)))
+    tried: list[int] = []
+    await asyncio.gather(*(_dribbler(port, opened, closed, until, gate, tried)
+                           for _ in range(count)))
     return {"opened": len(opened), "closed": sorted(closed),
             "open_span": (max(opened) - min(opened)) if opened else 0.0}
 
@@ -88,10 +98,29 @@ def attack_main(argv: list[str]) -> None:
 
 # -- the measurements -------------------------------------------------------------------------
 
-def start_attack(live: Live, seconds: float) -> subprocess.Popen[str]:
-    return subprocess.Popen([PYTHON, "-m", "tests.test_network_slowloris", str(live.port),
-                             str(ATTACKERS), str(seconds)], cwd=ROOT, stdout=subprocess.PIPE,
-                            text=True)
+@contextmanager
+def attack(live: Live, seconds: float) -> Iterator[Callable[[], dict[str, Any]]]:
+    """Run the attacker; return once all its connects are done (a normal client measured
+    during the connect flood itself would measure the flood, not the dribbling). Yields a
+    function that waits for the attacker's result."""
+    process = subprocess.Popen([PYTHON, "-m", "tests.test_network_slowloris", str(live.port),
+                                str(ATTACKERS), str(seconds)], cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        assert ready, "the attacker did not finish connecting"
+        json.loads(process.stdout.readline())
+
+        def result() -> dict[str, Any]:
+            out, _ = process.communicate(timeout=60)
+            outcome: dict[str, Any] = json.loads(out)
+            return outcome
+        yield result
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 def open_sockets(pid: int) -> int:
@@ -126,13 +155,6 @@ def normal_requests(live: Live, seconds: float, watch_pid: int | None = None,
     return latencies, most
 
 
-def wait_until_connected(live: Live, at_least: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while open_sockets(live.process.pid) < at_least:
-        assert time.monotonic() < deadline, "the attackers did not get connected"
-        time.sleep(0.1)
-
-
 def figures(name: str, latencies: list[float], result: dict[str, object], **extra: object) -> str:
     line = (f"{name}: {len(latencies)} normal requests under {result['opened']} dribbling "
             f"connections: median {statistics.median(latencies) * 1000:.1f} ms, max "
@@ -145,11 +167,9 @@ def test_dribbling_headers_do_not_slow_a_normal_client_and_are_cut_off(world: Wo
     raise_nofile(ATTACKERS + 512)
     live = start_frontend(world, "header_timeout = 5", read=make_token(world, "read"))
     try:
-        attack = start_attack(live, seconds=12)
-        wait_until_connected(live, ATTACKERS // 2, timeout=10)
-        latencies, _ = normal_requests(live, seconds=9)
-        out, _ = attack.communicate(timeout=60)
-        result = json.loads(out)
+        with attack(live, seconds=12) as outcome:
+            latencies, _ = normal_requests(live, seconds=9)
+            result = outcome()
         assert live.process.poll() is None, live.log_text()[-2000:]
     finally:
         stop_frontend(live)
@@ -168,11 +188,9 @@ def test_past_the_connection_cap_the_oldest_waiting_connection_makes_room(world:
     live = start_frontend(world, f"header_timeout = 60\nmax_connections = {cap}",
                           read=make_token(world, "read"))
     try:
-        attack = start_attack(live, seconds=10)
-        wait_until_connected(live, cap, timeout=10)
-        latencies, most = normal_requests(live, seconds=7, watch_pid=live.process.pid)
-        out, _ = attack.communicate(timeout=60)
-        result = json.loads(out)
+        with attack(live, seconds=10) as outcome:
+            latencies, most = normal_requests(live, seconds=7, watch_pid=live.process.pid)
+            result = outcome()
         assert live.process.poll() is None, live.log_text()[-2000:]
     finally:
         stop_frontend(live)
