@@ -138,13 +138,15 @@ async def test_helper_killed_under_load_gives_503_then_service_resumes(
         assert any(s.status == 200 for s in mine if s.answered < killed), "load before the kill"
         # Everything answered while the helper was down is a 503 helper-unavailable.
         down = [s for s in mine if killed < s.answered and s.sent < restarted]
-        first_503 = next(s for s in down if s.status == 503)
+        first_503 = next((s for s in down if s.status == 503), None)
+        assert first_503 is not None, f"client {i} never saw a 503 while the helper was down"
         assert all((s.status, s.code) == (503, "helper-unavailable") for s in down
                    if s.sent > first_503.sent), [(s.what, s.status, s.code) for s in down]
         to_503.append(first_503.answered - killed)
         # Once the restarted helper answers, it keeps answering.
         after = [s for s in mine if s.sent >= restarted]
-        first_ok = next(s for s in after if s.status == 200)
+        first_ok = next((s for s in after if s.status == 200), None)
+        assert first_ok is not None, f"client {i}: no service after the restart"
         assert all(s.status in (200, 409) for s in after if s.sent > first_ok.sent), \
             [(s.what, s.status, s.code) for s in after]
         to_service.append(first_ok.answered - restarted)
