@@ -36,8 +36,7 @@ class FrontendConfig:
     # Authentication-failure log lines per minute at most; the rest are only counted.
     auth_log_per_minute: int = 60
     # The shared [tokens] min_length (the helper enforces it; the OpenAPI document shows it).
-    # Same default as helperd/config.py.
-    token_min_length: int = 20
+    token_min_length: int = config.DEFAULT_TOKEN_MIN_LENGTH
 
 
 def load(path: str | None) -> FrontendConfig:

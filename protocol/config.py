@@ -14,6 +14,8 @@ DEFAULT_SOCKET = "/run/lwp/helperd.sock"
 DEFAULT_STATE_DIR = "/var/lib/lwp"
 DEFAULT_AUDIT_DIR = "/var/log/lwp"
 SERVICE_USER = "lwp"
+# [tokens] min_length when unset: the shortest client-chosen token either daemon accepts.
+DEFAULT_TOKEN_MIN_LENGTH = 20
 
 T = TypeVar("T")
 
