@@ -262,4 +262,4 @@ def field(body: dict[str, Any], key: str, kind: type | tuple[type, ...],
 def _no_others(body: dict[str, Any], known: set[str]) -> None:
     for key in body:
         if key not in known:
-            raise invalid(key, "unknown field")
+            raise invalid(rules.shown(key), "unknown field")  # quoted: a key is client input
