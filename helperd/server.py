@@ -143,7 +143,12 @@ class Helper:
                     self._busy -= 1
                     if not self._busy:
                         self._drained.set()
-                writer.write(framing.encode_frame(reply))
+                try:
+                    frame = framing.encode_frame(reply, framing.MAX_REPLY)
+                except LwpError as exc:  # a result too large even for a reply: say so
+                    log.error("%s: %s", envelope.request_id, exc.message)
+                    frame = framing.encode_frame(ops.encode_error(exc))
+                writer.write(frame)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             return

@@ -69,7 +69,8 @@ class HelperClient:
         reader, writer = conn
         writer.write(frame)
         await writer.drain()
-        length = framing.body_length(await reader.readexactly(framing.HEADER.size))
+        length = framing.body_length(await reader.readexactly(framing.HEADER.size),
+                                     framing.MAX_REPLY)
         return framing.decode_body(await reader.readexactly(length), from_helper=True)
 
     async def close(self) -> None:

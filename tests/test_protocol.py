@@ -273,3 +273,18 @@ def test_live_helper_serves_the_next_frame_after_a_valid_one(world: World) -> No
         codes.append(msgpack.unpackb(reply[4:4 + length], raw=False)["code"])
         reply = reply[4 + length:]
     assert codes == ["not-found", "not-found", "invalid-request"]
+
+
+def test_a_reply_may_exceed_the_request_cap_up_to_its_own() -> None:
+    # A host with thousands of containers: its list is far over 64 KiB.
+    listing = [{"container": f"c-{i:05d}-{'x' * 40}", "state": "stopped"} for i in range(20000)]
+    frame = framing.encode_frame(ops.encode_ok(listing), framing.MAX_REPLY)
+    assert len(frame) > framing.MAX_FRAME
+    length = framing.body_length(frame[:framing.HEADER.size], framing.MAX_REPLY)
+    reply = framing.decode_body(frame[framing.HEADER.size:], from_helper=True)
+    assert length == len(frame) - framing.HEADER.size
+    assert ops.decode_reply(reply) == listing
+    # ... while a request that size is still refused before its body is read.
+    with pytest.raises(LwpError) as err:
+        framing.body_length(frame[:framing.HEADER.size])
+    assert err.value.code == "payload-too-large"
