@@ -24,7 +24,8 @@ from helperd import config
 from protocol import ops
 from protocol.config import ConfigError
 from protocol.errors import LwpError
-from tests.conftest import World, destroy_world, make_world, new_name, write_config
+from tests.conftest import World, new_name, write_config
+from tests.live import live_world
 
 CLIENTS = 4
 LIMIT = 5.0  # seconds: to a 503 after the kill, and to service after the restart
@@ -45,12 +46,8 @@ class Sample:
 
 @pytest.fixture
 def fault_world() -> Iterator[World]:
-    world = make_world()
-    world.start_helper()
-    try:
+    with live_world() as world:
         yield world
-    finally:
-        destroy_world(world)
 
 
 @pytest.fixture
