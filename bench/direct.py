@@ -18,6 +18,8 @@ from typing import Any
 
 import lxc  # type: ignore[import]
 
+from helperd.isolate import CgroupHome
+
 CGROUP_V1 = ("cpuacct.usage", "memory.usage_in_bytes", "memory.kmem.usage_in_bytes",
              "blkio.throttle.io_service_bytes")
 CGROUP_V2 = ("memory.stat", "io.stat", "cpu.stat", "memory.current")
@@ -116,53 +118,19 @@ OPS: dict[str, Callable[..., object]] = {
 
 # -- keeping this process out of the containers' cgroups ----------------------------------
 
-def _own_cgroups() -> list[str]:
-    """This process's cgroup directories, one per mounted hierarchy."""
-    mine: list[tuple[set[str], str]] = []
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _id, controllers, where = line.rstrip("\n").split(":", 2)
-            mine.append((set(controllers.split(",")) - {""}, where))
-    dirs = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fstype, _source, options = right.split()[:3]
-            root, mountpoint = left.split()[3:5]
-            for controllers, where in mine:
-                v2 = fstype == "cgroup2" and not controllers
-                v1 = fstype == "cgroup" and controllers and controllers <= set(options.split(","))
-                if (v1 or v2) and where.startswith(root):
-                    rel = where[len(root):].lstrip("/")
-                    dirs.append(os.path.join(mountpoint, rel))
-    return dirs
-
-
 class Home:
-    """liblxc's start() moves its caller into the container's monitor cgroups for good (see
-    design-anchors); a long-lived process that starts containers must move back, untimed."""
+    """liblxc's start() moves its caller into the container's monitor cgroups for good; this
+    long-lived process moves back after each start, untimed, as the helper's workers do."""
 
     def __init__(self) -> None:
-        self.dirs = _own_cgroups()
-        self.signature = self._read()
+        self.home = CgroupHome()
         self.moves = 0
 
-    @staticmethod
-    def _read() -> str:
-        with open("/proc/self/cgroup") as f:
-            return f.read()
-
     def restore(self) -> None:
-        if self._read() == self.signature:
+        if self.home.at_home():
             return
         self.moves += 1
-        for d in self.dirs:
-            try:
-                with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                    f.write(str(os.getpid()))
-            except OSError:
-                pass  # a hierarchy we may not write (e.g. a delegated one): nothing to undo
-        if self._read() != self.signature:
+        if not self.home.restore():
             raise Failed("could not move the direct process back to its own cgroups")
 
 

@@ -33,6 +33,7 @@ async def serve(cfg: config.HelperConfig) -> None:
     # Before the socket exists: nothing new may start until the last run's loose ends are tied.
     if in_flight:
         await helper.recover(in_flight)
+    helper.workers.fill()  # before the socket exists, so no worker ever holds a copy of it
     sock = listening_socket(cfg, gid)
     server = await asyncio.start_unix_server(helper.handle, sock=sock)
     stop = asyncio.Event()
@@ -47,6 +48,7 @@ async def serve(cfg: config.HelperConfig) -> None:
         if not await helper.drain(SHUTDOWN_GRACE):
             log.warning("requests still under way at shutdown: the next start records them "
                         "as interrupted")
+    helper.workers.close()
     await writer.close()
 
 

@@ -1,7 +1,7 @@
 """The liblxc backend: the only module that imports lxc. Every method blocks; none trusts input.
 
-Mutating methods run in a short-lived child process (see isolate.py): liblxc's start() moves its
-caller into the container's monitor cgroup, and a hung liblxc call can then be killed.
+Mutating methods run in a worker process (see isolate.py): liblxc's start() moves its caller
+into the container's monitor cgroup, and a hung liblxc call can then be killed.
 Each method re-checks the name rule before a name reaches liblxc, which validates none.
 """
 from __future__ import annotations
@@ -115,7 +115,11 @@ class Containers:
                 counts.append(0)
         return counts[0], counts[1]
 
-    # -- state changes (run in an isolated child) ---------------------------------------
+    # -- state changes (run in a worker process, see isolate.py) --------------------------
+
+    def perform(self, request: ops.Request) -> None:
+        """Make the change `request` asks for: the method named like its op."""
+        getattr(self, ops.OP_OF_REQUEST[type(request)].name)(request)
 
     def start_container(self, req: ops.StartContainer) -> None:
         self._start(self._in_state(req.name, "start", {"STOPPED"}))

@@ -26,7 +26,7 @@ from helperd import audit
 from helperd.audit_recovery import recover
 from helperd.config import HelperConfig
 from helperd.containers import Containers
-from helperd.isolate import run_isolated
+from helperd.isolate import Workers, run_isolated
 from helperd.tokenstore import TokenStore
 from protocol import framing, ops, rules
 from protocol.errors import LwpError
@@ -92,6 +92,7 @@ class Helper:
         self.audit = audit_writer
         _cap_malloc_arenas()
         self.readers = ThreadPoolExecutor(cfg.read_workers, thread_name_prefix="lxc-read")
+        self.workers = Workers(containers.perform)
         self._locks: dict[str, _Slot] = {}
         self._trimmed = 0.0
         self._busy = 0  # requests executing now
@@ -273,12 +274,11 @@ class Helper:
 
     async def mutate(self, request: Any, *names: str, deadline: float | None = None,
                      on_timeout: Callable[[bool], None] | None = None) -> dict[str, str]:
-        """Run a container change in an isolated child, holding the containers' locks.
+        """Run a container change in a worker process, holding the containers' locks.
 
         After a missed deadline `on_timeout` runs (isolated too), told whether the target
         existed before the change began."""
         op = ops.OP_OF_REQUEST[type(request)]
-        method = getattr(self.containers, op.name)
         limit = self.deadline(op.name) if deadline is None else deadline
         call = CURRENT_CALL.get()
         async with self.locked(*names):
@@ -287,11 +287,8 @@ class Helper:
             preexisting = os.path.lexists(
                 os.path.join(self.cfg.lxcpath, rules.container_name(request.name)))
             await call.begin({"preexisting": preexisting})
-            def work() -> None:
-                method(request)
-
             try:
-                await run_isolated(work, limit, call.child_started)
+                await self.workers.run(request, limit, call.child_started)
             except LwpError as exc:
                 if exc.code == "timeout" and on_timeout is not None:
                     await run_isolated(functools.partial(on_timeout, preexisting), limit,

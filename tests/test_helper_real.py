@@ -33,6 +33,46 @@ async def test_starting_containers_leaves_the_helpers_cgroups_unchanged(
     assert "lxc.monitor" not in before and "lxc.payload" not in before
 
 
+def _children(pid: int) -> set[int]:
+    kids: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            kids.update(int(k) for k in f.read().split())
+    return kids
+
+
+def _pgid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[2])
+
+
+async def test_one_warm_worker_starts_containers_and_returns_to_the_helpers_cgroups(
+        api: Any, admin: dict[str, str], world: World) -> None:
+    assert world.process is not None
+    helper = world.process.pid
+    name = await make_container(api, admin)
+    workers = _children(helper)
+    assert workers, "the helper keeps spare workers"
+    for action in ("start", "freeze", "unfreeze", "restart", "stop", "start"):
+        r = await api.post(f"/api/v1/containers/{name}", json={"action": action}, headers=admin)
+        assert r.status == 200, await r.text()
+    # The same workers did all of it (none was retired), each back in the helper's cgroups,
+    # and the container's monitor is in no worker's process group (a timeout kills that).
+    assert _children(helper) == workers
+    assert all(_cgroups(w) == _cgroups(helper) for w in workers)
+    monitors = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                if _cmdline(pid).startswith(b"[lxc monitor]") and name.encode() in _cmdline(pid)]
+    assert monitors and _pgid(monitors[0]) not in workers
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 async def test_container_monitor_does_not_inherit_the_helpers_sockets(
         api: Any, admin: dict[str, str], world: World) -> None:
     assert world.process is not None
