@@ -50,6 +50,11 @@ class Plan:
     rss_chunk_seconds: float
 
 
+# The parts of a run, in order; `--only` picks some of them (a partial run is for working on
+# one number; the table the issue asks for is the whole run).
+PHASES = ("rss", "reads", "mutations", "known", "throughput", "fixed", "creates", "audit")
+
+
 def make_plan(n: int, small: bool) -> Plan:
     if small:
         return Plan(n=n, read_reps=40, list_reps=40, mutation_reps=5, build_reps=2,
@@ -74,6 +79,7 @@ class Bench:
         self.extras: dict[str, Any] = {}
         self.requests = 0  # HTTP requests sent to the frontend so far
         self.audit_section = True
+        self.via_socket: list[report.Row] = []
         names = [f"b-{i:04d}" for i in range(plan.n)]
         self.names = names
         self.base = names[0]  # the clone source; stays stopped
@@ -159,7 +165,6 @@ class Bench:
             ("info, stopped container", "info", {"name": stop}, f"/api/v1/containers/{stop}",
              p.read_reps, None, ops.ContainerInfo(stop)),
         ]
-        self.via_socket: list[report.Row] = []
         for what, op, args, path, reps, limit, request in cases:
             say(f"latency: {what}")
             direct, api = self.interleaved(op, args, path, reps)
@@ -172,7 +177,7 @@ class Bench:
 
     def mutations(self) -> None:
         p = self.plan
-        rows = self.sections[-1][1]
+        rows = self.sections[-1][1] if self.sections else self.section("latency (ms)")
         pairs = [(self.stopped[-1], ("start", "stop"), 2.0),
                  (self.running[-1], ("freeze", "unfreeze"), 2.0)]
         for name, (first, second), limit in pairs:
@@ -413,16 +418,16 @@ class Bench:
             rows.append(report.latency(what, samples, measured["tmpfs"][what],
                                        ("<=", limits[what])))
 
-    def run(self) -> None:
-        self.rss_phase()
-        self.reads()
-        self.mutations()
-        self.known_costs()
-        self.throughput()
-        self.fixed_cost()
-        self.under_creates()
+    def run(self, only: frozenset[str] = frozenset(PHASES)) -> None:
+        phases: dict[str, Callable[[], None]] = {
+            "rss": self.rss_phase, "reads": self.reads, "mutations": self.mutations,
+            "known": self.known_costs, "throughput": self.throughput, "fixed": self.fixed_cost,
+            "creates": self.under_creates}
+        for name, phase in phases.items():
+            if name in only:
+                phase()
         self.extras["rss_end"] = {"requests": self.requests, **self.rss()}
-        if self.audit_section:
+        if self.audit_section and "audit" in only:
             self.audit_cost()
         self.extras["direct_cgroup_moves_undone"] = self.direct.ask(cmd="moves")["moves"]
         # liblxc's get_ips() forks its caller, so its cost grows with the caller's RSS.
@@ -555,7 +560,11 @@ def main() -> int:
     parser.add_argument("--serve", action="store_true",
                         help="build the world, start the daemons, print how to reach them and "
                              "wait for Ctrl-C (for profiling with py-spy)")
+    parser.add_argument("--only", help=f"comma-separated phases to run, of {','.join(PHASES)}")
     args = parser.parse_args()
+    only = frozenset(args.only.split(",") if args.only else PHASES)
+    if only - set(PHASES):
+        parser.error(f"unknown phase(s): {', '.join(sorted(only - set(PHASES)))}")
     preflight()
     plan = make_plan(args.n or (10 if args.small else 100), args.small)
     if plan.n < 4:
@@ -586,7 +595,7 @@ def main() -> int:
         bench.audit_section = not (args.no_audit_section or args.audit_tmpfs)
         bench.extras["build_seconds"] = build_s
         bench.extras["audit_trail_on"] = "tmpfs" if shm else "disk"
-        bench.run()
+        bench.run(only)
     finally:
         say("cleaning up")
         world.stop_all()
