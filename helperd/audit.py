@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from protocol import ops
@@ -82,8 +82,17 @@ def next_chain(key: bytes, previous: bytes, body: bytes) -> bytes:
     return hmac.new(key, previous + body, hashlib.sha256).digest()
 
 
+_SECOND: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
 def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The time as records carry it (microseconds, UTC). The date and time of day are
+    formatted once a second: datetime's strftime on every record was 7 % of a read's CPU."""
+    global _SECOND
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    if seconds != _SECOND[0]:
+        _SECOND = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{_SECOND[1]}.{micros:06d}Z"
 
 
 def utc_text(when: datetime) -> str:

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import struct
 import tempfile
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -96,6 +99,16 @@ def test_each_line_is_canonical_json_chained_from_genesis(scratch: Scratch) -> N
         claimed = bytes.fromhex(rec.pop("chain"))
         assert claimed == audit.next_chain(key, previous, audit.canonical(rec))
         previous = claimed
+
+
+def test_record_times_are_utc_with_microseconds_and_agree_with_the_clock() -> None:
+    for _ in range(3):
+        before = datetime.now(UTC)
+        text = audit.utc_now()
+        after = datetime.now(UTC)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", text)
+        assert audit.utc_text(before) <= text <= audit.utc_text(after)
+        time.sleep(0.6)  # into the next second, past the cached part
 
 
 def test_files_and_key_are_root_only_or_root_and_the_log_group(scratch: Scratch) -> None:
