@@ -39,6 +39,8 @@ class HelperConfig:
     read_workers: int
     start_method: str  # auto | fork | systemd: how containers are started (containers.py)
     op_timeouts: dict[str, float]  # per op: a deadline shorter than the default
+    max_connections: int  # peer connections served at once; more are hung up on at once
+    frame_timeout: float  # seconds for the rest of a frame once its length has arrived
 
 
 def _uid(user: str) -> int:
@@ -105,6 +107,8 @@ def load(path: str | None) -> HelperConfig:
         read_workers=sec.get("read_workers", int, 8),
         start_method=sec.get("start_method", str, "auto"),
         op_timeouts=_op_timeouts(sec.section("op_timeouts")),
+        max_connections=sec.get("max_connections", int, 64),
+        frame_timeout=sec.get("frame_timeout", float, 10.0),
     )
     for key in ("lxcpath", "templates_dir", "state_dir", "audit_dir", "audit_key_file"):
         if not os.path.isabs(getattr(cfg, key)):
@@ -117,6 +121,10 @@ def load(path: str | None) -> HelperConfig:
         raise ConfigError("helperd.audit_rotate_bytes: must be 1 KiB to 1 GiB")
     if cfg.start_method not in ("auto", "fork", "systemd"):
         raise ConfigError("helperd.start_method: must be auto, fork or systemd")
+    if not 1 <= cfg.max_connections <= 4096:
+        raise ConfigError("helperd.max_connections: must be 1 to 4096")
+    if not 0 < cfg.frame_timeout <= 300:
+        raise ConfigError("helperd.frame_timeout: must be more than 0 and at most 300 seconds")
     if cfg.token_min_length < 16:
         raise ConfigError("tokens.min_length: must be at least 16")
     return cfg

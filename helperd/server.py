@@ -96,6 +96,7 @@ class Helper:
         self._locks: dict[str, _Slot] = {}
         self._trimmed = 0.0
         self._busy = 0  # requests executing now
+        self._connections = 0  # peer connections being served
         self._drained = asyncio.Event()
         self._drained.set()
 
@@ -118,6 +119,13 @@ class Helper:
             log.warning("refused connection from uid %d pid %d: not an allowed peer", uid, pid)
             writer.close()
             return
+        if self._connections >= self.cfg.max_connections:
+            # Even an allowed peer (a frontend gone wrong) may not tie up the helper.
+            log.warning("refused connection from uid %d pid %d: %d connections already",
+                        uid, pid, self._connections)
+            writer.close()
+            return
+        self._connections += 1
         try:
             while True:
                 try:
@@ -126,7 +134,13 @@ class Helper:
                     return  # a clean hang-up between frames
                 obj: object = None
                 try:
-                    body = await reader.readexactly(framing.body_length(header))
+                    length = framing.body_length(header)
+                    try:
+                        async with asyncio.timeout(self.cfg.frame_timeout):
+                            body = await reader.readexactly(length)
+                    except TimeoutError:
+                        raise LwpError("protocol-error", f"the rest of a frame did not arrive "
+                                       f"within {self.cfg.frame_timeout:g} s") from None
                     obj = framing.decode_body(body)
                     envelope = ops.decode_request(obj)
                 except LwpError as exc:
@@ -154,6 +168,7 @@ class Helper:
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
+            self._connections -= 1
             writer.close()
 
     async def execute(self, envelope: ops.Envelope, peer: Peer) -> dict[str, Any]:

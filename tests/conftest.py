@@ -131,7 +131,8 @@ def _recv_exactly(s: socket.socket, n: int) -> bytes:
     return data
 
 
-def write_config(base: str, extra: str = "") -> str:
+def write_config(base: str, extra: str = "", helperd: str = "") -> str:
+    """The test world's lwp.toml; `helperd`: more keys of [helperd], `extra`: more tables."""
     path = os.path.join(base, "lwp.toml")
     with open(path, "w") as f:
         f.write(f"""
@@ -150,6 +151,7 @@ stores = ["dir"]
 stop_timeout = 1
 freeze_timeout = 5
 audit_dir = "{base}/audit"
+{helperd}
 [helperd.template_options]
 recorder = ["flavor", "release"]
 {extra}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -12,7 +14,7 @@ import pytest
 
 from protocol import framing, ops, rules
 from protocol.errors import LwpError
-from tests.conftest import World
+from tests.conftest import World, destroy_world, make_world, write_config
 from tools.fuzz_helper import CLOSED, example_requests, predict
 
 MAX = framing.MAX_FRAME
@@ -288,3 +290,80 @@ def test_a_reply_may_exceed_the_request_cap_up_to_its_own() -> None:
     with pytest.raises(LwpError) as err:
         framing.body_length(frame[:framing.HEADER.size])
     assert err.value.code == "payload-too-large"
+
+
+@pytest.fixture
+def strict_world() -> Iterator[World]:
+    """A helper of its own that serves 3 connections at once and waits 0.5 s for a frame."""
+    w = make_world()
+    write_config(w.base, helperd="max_connections = 3\nframe_timeout = 0.5")
+    w.start_helper()
+    try:
+        yield w
+    finally:
+        destroy_world(w)
+
+
+def test_live_helper_hangs_up_on_a_frame_left_unfinished(strict_world: World) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(strict_world.socket)
+        sock.sendall(framing.encode_frame(ENVELOPE)[:-1])  # our side stays open, silent
+        started = time.monotonic()
+        reply = sock.recv(65536)
+        assert 0.4 < time.monotonic() - started < 3
+        assert error_reply(reply)["code"] == "protocol-error"
+        assert sock.recv(1) == b""
+    # An idle connection between frames is no such thing: it stays served.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(strict_world.socket)
+        time.sleep(1)
+        good = ops.Envelope("req-1", None, "local", ops.ContainerInfo("t-absent-name"))
+        sock.sendall(framing.encode_frame(ops.encode_request(good)))
+        assert msgpack.unpackb(_reply(sock), raw=False)["code"] == "not-found"
+
+
+def test_live_helper_serves_a_bounded_number_of_connections(strict_world: World) -> None:
+    good = framing.encode_frame(ops.encode_request(
+        ops.Envelope("req-1", None, "local", ops.ContainerInfo("t-absent-name"))))
+    held = []
+    try:
+        for _ in range(3):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(5)
+            sock.connect(strict_world.socket)
+            sock.sendall(good)
+            _reply(sock)  # served, and kept open
+            held.append(sock)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as extra:
+            extra.settimeout(5)
+            extra.connect(strict_world.socket)  # the kernel accepts; the helper hangs up
+            assert extra.recv(1) == b""
+        held.pop().close()
+        for _ in range(50):  # the helper notices the hang-up, then has room again
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as again:
+                again.settimeout(5)
+                again.connect(strict_world.socket)
+                try:
+                    again.sendall(good)
+                    if _reply(again):
+                        break
+                except (ConnectionError, OSError):
+                    pass
+            time.sleep(0.05)
+        else:
+            pytest.fail("a connection was refused after one of the three had hung up")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _reply(sock: socket.socket) -> bytes:
+    """One reply frame's body, or b"" if the helper hung up instead."""
+    data = b""
+    while len(data) < 4 or len(data) < 4 + HEADER.unpack(data[:4])[0]:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b""
+        data += chunk
+    return data[4:]
