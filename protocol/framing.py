@@ -1,4 +1,5 @@
-"""Frames: a 4-byte big-endian length, then exactly one msgpack object. Sans-I/O.
+"""Frames: a 4-byte big-endian length, then exactly one msgpack object. Sans-I/O: a reader
+takes the header, asks body_length, reads that many bytes, and hands them to decode_body.
 
 The size cap is checked on the length prefix, before any byte of the body is buffered or
 decoded. Untrusted frames (requests, decoded by the helper) use msgpack's pure-Python unpacker:
@@ -64,32 +65,3 @@ def decode_body(body: bytes, from_helper: bool = False) -> Any:
 
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise LwpError("protocol-error", "msgpack extension types are not allowed")
-
-
-class FrameReader:
-    """Feed bytes in, take complete decoded frames out; errors are final for the stream."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._need: int | None = None
-
-    def feed(self, data: bytes) -> list[Any]:
-        self._buffer += data
-        frames: list[Any] = []
-        while True:
-            if self._need is None:
-                if len(self._buffer) < HEADER.size:
-                    return frames
-                self._need = body_length(bytes(self._buffer[:HEADER.size]))
-                del self._buffer[:HEADER.size]
-            if len(self._buffer) < self._need:
-                return frames
-            body = bytes(self._buffer[:self._need])
-            del self._buffer[:self._need]
-            self._need = None
-            frames.append(decode_body(body))
-
-    @property
-    def idle(self) -> bool:
-        """No partial frame is buffered (a clean place for the peer to hang up)."""
-        return self._need is None and not self._buffer

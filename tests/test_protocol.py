@@ -45,11 +45,11 @@ DROP = object()
 
 
 def decoded(data: bytes) -> ops.Envelope:
-    """The one request in `data`, through the same steps the helper takes."""
-    reader = framing.FrameReader()
-    (obj,) = reader.feed(data)
-    assert reader.idle
-    return ops.decode_request(obj)
+    """The one request in `data`, through the same steps the helper takes (Helper.handle)."""
+    length = framing.body_length(data[:HEADER.size])
+    body = data[HEADER.size:]
+    assert len(body) == length, "exactly one whole frame"
+    return ops.decode_request(framing.decode_body(body))
 
 
 def refusal(data: bytes) -> LwpError:
@@ -74,17 +74,6 @@ def test_every_op_survives_the_round_trip(req: ops.Request, token: str | None) -
     data = framing.encode_frame(ops.encode_request(envelope))
     assert HEADER.unpack(data[:4])[0] == len(data) - 4
     assert decoded(data) == envelope
-    # Fed a byte at a time, the reader reassembles the same frame.
-    reader = framing.FrameReader()
-    frames = [f for i in range(len(data)) for f in reader.feed(data[i:i + 1])]
-    assert [ops.decode_request(f) for f in frames] == [envelope] and reader.idle
-
-
-def test_back_to_back_frames_decode_in_order() -> None:
-    one, two = (ops.Envelope(f"r{i}", None, "local", ops.ContainerInfo(f"c{i}")) for i in (1, 2))
-    data = b"".join(framing.encode_frame(ops.encode_request(e)) for e in (one, two))
-    reader = framing.FrameReader()
-    assert [ops.decode_request(f) for f in reader.feed(data)] == [one, two]
 
 
 # -- refused frames: (bytes, expected code, what the message must name) ------------------------
@@ -176,7 +165,7 @@ def test_refused_frame_gets_the_right_code(name: str) -> None:
 
 def test_oversize_prefix_is_refused_before_any_body_byte() -> None:
     with pytest.raises(LwpError) as caught:
-        framing.FrameReader().feed(HEADER.pack(MAX + 1))
+        framing.body_length(HEADER.pack(MAX + 1))  # the header alone decides
     assert caught.value.code == "payload-too-large"
 
 
@@ -194,8 +183,7 @@ def test_encode_frame_refuses_a_body_over_the_cap() -> None:
 
 def test_a_frame_cut_short_is_not_a_frame_yet() -> None:
     data = framing.encode_frame(ENVELOPE)
-    reader = framing.FrameReader()
-    assert reader.feed(data[:-1]) == [] and not reader.idle
+    assert framing.body_length(data[:HEADER.size]) == len(data) - HEADER.size
     assert predict(data[:-1]) == CLOSED and predict(data[:3]) == CLOSED
 
 
