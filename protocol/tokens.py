@@ -28,6 +28,10 @@ CREATE TABLE IF NOT EXISTS tokens (
 )"""
 # A constant, interpolated into queries (never client input: hence the S608 waivers).
 COLUMNS = "id, digest, description, scope, created, expires, last_used"
+# SQLite's file header (sqlite.org/fileformat.html): the magic string, the write and read
+# format versions at bytes 18-19 (1: rollback journal, 2: WAL), the change counter at 24-27.
+SQLITE_MAGIC = b"SQLite format 3\x00"
+HEADER_END = 28
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,36 @@ def row_record(row: tuple[Any, ...]) -> TokenRecord:
 
 def lookup(conn: sqlite3.Connection, key: bytes, token: str, now: float) -> TokenRecord | None:
     """The live (known, unexpired) token record for a presented token, else None."""
-    wanted = digest(key, token)
+    record = find(conn, digest(key, token))
+    return record if record is not None and live(record, now) else None
+
+
+def find(conn: sqlite3.Connection, wanted: bytes) -> TokenRecord | None:
+    """The record stored under a digest, expired or not, else None."""
     row = conn.execute(f"SELECT {COLUMNS} FROM tokens WHERE digest = ?",  # noqa: S608
                        (wanted,)).fetchone()
     if row is None or not hmac.compare_digest(row[1], wanted):
         return None
-    record = row_record(row)
-    if record.expires is not None and record.expires <= now:
+    return row_record(row)
+
+
+def live(record: TokenRecord, now: float) -> bool:
+    return record.expires is None or record.expires > now
+
+
+def open_header(state_dir: str) -> int:
+    """A read-only descriptor on the store's file, for change_counter()."""
+    return os.open(os.path.join(state_dir, DB_FILE), os.O_RDONLY | os.O_CLOEXEC)
+
+
+def change_counter(fd: int) -> bytes | None:
+    """SQLite's file change counter, read from the file header without SQLite (1 syscall).
+
+    In rollback-journal mode (the store's, see helperd.tokenstore) every committed write
+    moves it, before the writer's commit returns. In WAL mode it may not move: None then,
+    as for a header that is not SQLite's, so that nothing is trusted to it.
+    """
+    head = os.pread(fd, HEADER_END, 0)
+    if len(head) < HEADER_END or not head.startswith(SQLITE_MAGIC) or head[18:20] != b"\x01\x01":
         return None
-    return record
+    return head[24:28]
