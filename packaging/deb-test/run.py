@@ -403,7 +403,14 @@ def step_list(ins: Inside) -> None:
             res)
     res = ins.http("GET", "/containers", token_file="")
     R.check("without a token: 401", res["status"] == 401, res)
-    # The helper makes the audit chain key on its first start: the request above was that.
+    # The first token's record, written by postinst's lwp-first-token, heads the chain.
+    rc, out, err = ins.run(["lwp-admin", "audit", "--op", "create_token", "--json"])
+    made = [json.loads(line) for line in out.splitlines() if line.strip()] if rc == 0 else []
+    R.check("the audit trail records the postinst token's creation by root",
+            len(made) == 1 and made[0]["seq"] == 1 and made[0]["outcome"] == "ok"
+            and made[0]["actor"]["description"] == "root (package postinst)"
+            and made[0]["args"]["description"] == "initial admin token (created by the package)",
+            out + err)
     got = ins.probe("stat", "/var/lib/lwp/audit.key")["/var/lib/lwp/audit.key"]
     R.check("/var/lib/lwp/audit.key is file root:root 0600",
             (got.get("type"), got.get("user"), got.get("group"), got.get("mode"))
