@@ -17,7 +17,7 @@ from typing import Any
 
 import lxc
 
-from helperd import cgroupstats
+from helperd import cgroupstats, netaddr
 from helperd.config import HelperConfig
 from protocol import ops, rules
 from protocol.config import ConfigError
@@ -91,11 +91,12 @@ class Containers:
         if state == "STOPPED":
             return {"name": name, "state": state, "pid": 0}
         stats = (cgroupstats.v2 if self.cgroup_v2 else cgroupstats.v1)(c.get_cgroup_item)
-        ip = first_address([str(a) for a in c.get_ips()])
         host_rx, host_tx = self._host_side_bytes(c)
         pid = int(c.init_pid)
         if pid < 1:  # it stopped while we looked
             return {"name": name, "state": "STOPPED", "pid": 0}
+        # Not c.get_ips(): liblxc forks the whole helper for it (netaddr.py says why not).
+        ip = first_address(netaddr.addresses(pid))
         return {"name": name, "state": state, "pid": pid, "ip": ip,
                 "link": _config_item(c.get_config_item, "lxc.net.0.link"),
                 # Seen from the container: what it receives is what the host side sends.

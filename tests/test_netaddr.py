@@ -1,0 +1,412 @@
+"""helperd.netaddr against liblxc's own get_ips() on real containers, on hand-built netlink
+messages, under the packaged unit's capabilities; and an info of a running container that no
+longer forks the helper (seen through the kernel's process-events connector)."""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import random
+import re
+import select
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import lxc
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from helperd import netaddr
+from protocol import ops
+from tests.conftest import PYTHON, ROOT, World, new_name
+from tests.test_helper_real import bridge  # noqa: F401  (a fixture: a bridge with no uplink)
+from tests.test_rules_properties import run, runs
+
+AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
+UNIT = os.path.join(ROOT, "packaging", "systemd", "lwp-helperd.service")
+
+
+# -- a running container with veth interfaces on the test's own bridge ---------------------
+
+@pytest.fixture
+def on_bridge(world: World, bridge: str) -> Iterator[tuple[str, int]]:  # noqa: F811
+    """(name, init pid) of a running busybox container with eth0 and eth1 on `bridge`,
+    eth0 holding 192.0.2.10/24 from its config; destroyed before the bridge goes."""
+    name = new_name()
+    world.call(ops.CreateContainer(name, "busybox"))
+    try:
+        config = os.path.join(world.lxcpath, name, "config")
+        with open(config) as f:
+            text = f.read().replace("lxc.net.0.type = empty\n", "")
+        nics = "".join(f"lxc.net.{i}.type = veth\nlxc.net.{i}.link = {bridge}\n"
+                       f"lxc.net.{i}.flags = up\n" for i in range(2))
+        with open(config, "w") as f:
+            f.write(text + nics + "lxc.net.0.ipv4.address = 192.0.2.10/24\n")
+        # busybox's rcS runs udhcpc, which would send DHCP requests on the bridge.
+        with open(os.path.join(world.lxcpath, name, "rootfs", "etc", "init.d", "rcS"), "w") as f:
+            f.write("#!/bin/sh\n/bin/mount -a\n")
+        world.call(ops.StartContainer(name))
+        yield name, int(lxc.Container(name, world.lxcpath).init_pid)
+    finally:
+        world.call(ops.DestroyContainer(name, force=True))
+
+
+def ip(pid: int, *args: str) -> None:
+    """`ip` inside the network namespace of `pid` (an argument list: no shell)."""
+    subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", *args], check=True,
+                   capture_output=True)
+
+
+def reset(pid: int) -> None:
+    """Every interface up with its kernel-made link-local address only; lo as it started."""
+    for dev in ("eth0", "eth1"):
+        ip(pid, "link", "set", dev, "up")
+        ip(pid, "-4", "addr", "flush", "dev", dev)
+        ip(pid, "-6", "addr", "flush", "dev", dev, "scope", "global")
+
+
+# Each shape: the `ip addr` commands that make it, and what get_ips() lists for it: sorted as
+# strings, not in the kernel's order (eth1's IPv6 address before eth0's, 198.51.* after 192.*).
+SHAPES: list[tuple[str, list[list[str]], list[str]]] = [
+    ("no address but link-local", [], []),
+    ("IPv4 only", [["add", "192.0.2.10/24", "dev", "eth0"]], ["192.0.2.10"]),
+    ("IPv6 only", [["add", "2001:db8::10/64", "dev", "eth0", "nodad"]], ["2001:db8::10"]),
+    ("both, on several interfaces, with secondaries, a label and a link-local", [
+        ["add", "198.51.100.20/24", "dev", "eth1"],
+        ["add", "192.0.2.10/24", "dev", "eth0"],
+        ["add", "192.0.2.11/24", "dev", "eth0"],
+        ["add", "192.0.2.12/24", "dev", "eth0", "label", "eth0:1"],
+        ["add", "2001:db8:1::20/64", "dev", "eth1", "nodad"],
+        ["add", "2001:db8::10/64", "dev", "eth0", "nodad"],
+        ["add", "fe80::1234/64", "dev", "eth0", "nodad"]],
+     ["192.0.2.10", "192.0.2.11", "192.0.2.12", "198.51.100.20", "2001:db8:1::20",
+      "2001:db8::10"]),
+    ("point-to-point: the local end, not the peer", [
+        ["add", "203.0.113.1", "peer", "203.0.113.2", "dev", "eth1"],
+        ["add", "2001:db8:2::1", "peer", "2001:db8:2::2", "dev", "eth1", "nodad"]],
+     ["2001:db8:2::1", "203.0.113.1"]),  # sorted: a family does not come first
+    ("an interface that is down", [
+        ["add", "198.51.100.30/24", "dev", "eth1"], ["add", "192.0.2.10/24", "dev", "eth0"]],
+     ["192.0.2.10", "198.51.100.30"]),
+    ("addresses on lo are not listed", [  # last: it leaves lo changed
+        ["add", "198.51.100.1/32", "dev", "lo"], ["add", "2001:db8:ff::1/128", "dev", "lo"],
+        ["add", "192.0.2.10/24", "dev", "eth0"]],
+     ["192.0.2.10"]),
+]
+
+
+@pytest.mark.lxc
+def test_the_lookup_lists_what_get_ips_lists_in_its_order(world: World,
+                                                         on_bridge: tuple[str, int]) -> None:
+    name, pid = on_bridge
+    c = lxc.Container(name, world.lxcpath)
+    for shape, commands, expected in SHAPES:
+        reset(pid)
+        for command in commands:
+            ip(pid, "addr", *command)
+        if shape == "an interface that is down":
+            ip(pid, "link", "set", "eth1", "down")
+        ours = netaddr.addresses(pid)
+        assert ours == list(c.get_ips()), shape
+        assert ours == expected, shape  # the shape is what it claims to be
+
+
+@pytest.mark.lxc
+def test_no_network_namespace_of_its_own_but_lo(world: World) -> None:
+    name = new_name()  # the world's default config: lxc.net.0.type = empty
+    world.call(ops.CreateContainer(name, "busybox"))
+    try:
+        world.call(ops.StartContainer(name))
+        c = lxc.Container(name, world.lxcpath)
+        pid = int(c.init_pid)
+        assert netaddr.addresses(pid) == list(c.get_ips()) == []
+        world.call(ops.StopContainer(name))
+        assert not os.path.exists(f"/proc/{pid}")
+        assert netaddr.addresses(pid) == []  # the pid is gone, its namespace with it
+    finally:
+        world.call(ops.DestroyContainer(name, force=True))
+
+
+@pytest.mark.parametrize("pid", [0, -1, 2**22 + 1])  # above any pid_max: never a process
+def test_no_process_no_address(pid: int) -> None:
+    assert netaddr.addresses(pid) == []
+
+
+def forge(port: int) -> None:
+    """What root in a container could do: send a made-up reply to a netlink port."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as other:
+        other.sendto(nlmsg(netaddr.RTM_NEWADDR, addr(AF_INET, 1)), (port, 0))
+
+
+def test_only_the_kernel_can_write_to_the_lookups_socket() -> None:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as plain:
+        plain.bind((0, 0))
+        forge(plain.getsockname()[0])  # the control: an unconnected socket takes it
+        assert plain.recv(65536)
+    with netaddr._socket_in_netns_of(os.getpid()) as s, pytest.raises(ConnectionRefusedError):
+        forge(s.getsockname()[0])
+
+
+def test_no_thread_to_be_had_is_no_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: Any) -> None:
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(netaddr.threading.Thread, "start", refuse)
+    assert netaddr.addresses(os.getpid()) == []
+
+
+def test_a_refused_setns_is_no_address_and_a_warning(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    class Sandboxed:
+        @staticmethod
+        def setns(fd: int, nstype: int) -> int:
+            ctypes.set_errno(errno.EPERM)
+            return -1
+    monkeypatch.setattr(netaddr, "_libc", Sandboxed)
+    assert netaddr.addresses(os.getpid()) == []
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "Operation not permitted" in caplog.text
+
+
+# -- under the packaged unit's capabilities ----------------------------------------------------
+
+def unit_capabilities() -> list[str]:
+    with open(UNIT) as f:
+        match = re.search(r"^CapabilityBoundingSet=(.+)$", f.read(), re.MULTILINE)
+    assert match, f"{UNIT} has no CapabilityBoundingSet="
+    return [cap.removeprefix("CAP_").lower() for cap in match.group(1).split()]
+
+
+def lookup_with_capabilities(pid: int, caps: list[str]) -> Any:
+    """netaddr.addresses(pid) in a root process that has only `caps`, as under the unit."""
+    bounding = ",".join(["-all"] + [f"+{cap}" for cap in caps])
+    done = subprocess.run(
+        ["setpriv", "--no-new-privs", "--bounding-set", bounding, "--", PYTHON, "-c",
+         "import json, sys; from helperd import netaddr; "
+         "print(json.dumps(netaddr.addresses(int(sys.argv[1]))))", str(pid)],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=30)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.lxc
+def test_it_needs_no_more_than_the_units_capabilities(world: World,
+                                                     on_bridge: tuple[str, int]) -> None:
+    name, pid = on_bridge
+    caps = unit_capabilities()
+    assert "net_admin" not in caps and "sys_admin" in caps
+    ip(pid, "addr", "add", "2001:db8::10/64", "dev", "eth0", "nodad")
+    expected = list(lxc.Container(name, world.lxcpath).get_ips())
+    assert expected == ["192.0.2.10", "2001:db8::10"]
+    assert lookup_with_capabilities(pid, caps) == expected
+    # Without CAP_SYS_ADMIN setns is refused: no address, and no exception.
+    assert lookup_with_capabilities(pid, [c for c in caps if c != "sys_admin"]) == []
+
+
+# -- the helper does not fork for an info ------------------------------------------------------
+
+NETLINK_CONNECTOR, CN_IDX_PROC, CN_VAL_PROC = 11, 1, 1
+PROC_CN_MCAST_LISTEN, PROC_EVENT_FORK = 1, 1
+CN_MSG = struct.Struct("=IIIIHH")  # idx, val, seq, ack, len, flags
+PROC_EVENT = struct.Struct("=IIQ")  # what, cpu, timestamp
+FORK = struct.Struct("=IIII")  # parent pid, parent tgid, child pid, child tgid
+
+
+class ForkWatch:
+    """Every fork on the machine from now on, as the kernel's proc connector reports it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        # Other test runs fork meanwhile: room enough that no event of ours is dropped.
+        self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+        self.sock.bind((0, CN_IDX_PROC))
+        op = struct.pack("=I", PROC_CN_MCAST_LISTEN)
+        body = CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(op), 0) + op
+        self.sock.send(netaddr.NLMSG.pack(netaddr.NLMSG.size + len(body), netaddr.NLMSG_DONE,
+                                          0, 0, 0) + body)
+
+    def process_forks(self, seconds: float = 2.0) -> list[tuple[int, int]]:
+        """(parent, child) of each new process (not thread) since the watch began, read until
+        none came for 0.2 s or for at most `seconds` (the rest of the machine forks too)."""
+        forks = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and select.select([self.sock], [], [], 0.2)[0]:
+            data = self.sock.recv(65536)  # ENOBUFS (events lost) fails the test, never passes it
+            event = netaddr.NLMSG.size + CN_MSG.size
+            if PROC_EVENT.unpack_from(data, event)[0] != PROC_EVENT_FORK:
+                continue
+            _ppid, parent, child, child_tgid = FORK.unpack_from(data, event + PROC_EVENT.size)
+            if child == child_tgid:
+                forks.append((parent, child))
+        return forks
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.lxc
+def test_an_info_of_a_running_container_forks_nothing(world: World,
+                                                      on_bridge: tuple[str, int]) -> None:
+    name, _pid = on_bridge
+    assert world.process is not None
+    # The start's reply went out before the helper forked a worker to replace the one it
+    # used (isolate.Workers.fill, call_soon): a request later, that fork is behind us.
+    world.call(ops.ContainerInfo(name))
+    watch = ForkWatch()
+    try:
+        infos = [world.call(ops.ContainerInfo(name)) for _ in range(20)]
+        subprocess.run(["true"], check=True)  # the control: a fork the watch must see
+        forks = watch.process_forks()
+    finally:
+        watch.close()
+    assert os.getpid() in {parent for parent, _child in forks}, "the watch saw no fork at all"
+    assert {(i["state"], i["ip"]) for i in infos} == {("RUNNING", "192.0.2.10")}
+    assert [child for parent, child in forks if parent == world.process.pid] == []
+
+
+# -- the parser, on hand-built messages ---------------------------------------------------------
+
+def rta(kind: int, data: bytes) -> bytes:
+    raw = netaddr.RTATTR.pack(netaddr.RTATTR.size + len(data), kind) + data
+    return raw + bytes(-len(raw) % 4)
+
+
+def nlmsg(kind: int, payload: bytes, seq: int = 1) -> bytes:
+    raw = netaddr.NLMSG.pack(netaddr.NLMSG.size + len(payload), kind, 2, seq, 0) + payload
+    return raw + bytes(-len(raw) % 4)
+
+
+def link(index: int, name: bytes) -> bytes:
+    return netaddr.IFINFOMSG.pack(0, 1, index, 0, 0) + rta(netaddr.IFLA_IFNAME, name + b"\0")
+
+
+def addr(family: int, index: int, *attrs: bytes) -> bytes:
+    return netaddr.IFADDRMSG.pack(family, 24, 0, 0, index) + b"".join(attrs)
+
+
+def v4(text: str) -> bytes:
+    return socket.inet_pton(AF_INET, text)
+
+
+def v6(text: str) -> bytes:
+    return socket.inet_pton(AF_INET6, text)
+
+
+LINKS = {1: b"lo", 2: b"eth0", 3: b"eth1"}
+A, L = netaddr.IFA_ADDRESS, netaddr.IFA_LOCAL
+
+
+@pytest.mark.parametrize("payload,expected", [
+    (addr(AF_INET, 2, rta(A, v4("192.0.2.1")), rta(L, v4("192.0.2.1"))), "192.0.2.1"),
+    (addr(AF_INET, 1, rta(A, v4("127.0.0.1")), rta(L, v4("127.0.0.1"))), None),
+    (addr(AF_INET, 2, rta(A, v4("203.0.113.2")), rta(L, v4("203.0.113.1"))), "203.0.113.1"),
+    (addr(AF_INET6, 2, rta(L, v6("2001:db8::1")), rta(A, v6("2001:db8::2"))), "2001:db8::1"),
+    (addr(AF_INET6, 2, rta(A, v6("2001:db8::1"))), "2001:db8::1"),
+    (addr(AF_INET6, 2, rta(A, v6("fe80::1"))), None),
+    (addr(AF_INET6, 2, rta(A, v6("febf::1"))), None),  # still fe80::/10
+    (addr(AF_INET6, 2, rta(A, v6("fec0::1"))), "fec0::1"),  # site-local: no scope id
+    (addr(AF_INET6, 2, rta(A, v6("ff02::1"))), None),  # link-local multicast
+    (addr(AF_INET6, 2, rta(A, v6("ff0e::1"))), "ff0e::1"),
+    (addr(AF_INET6, 1, rta(A, v6("::1"))), None),
+    (addr(AF_INET, 9, rta(A, v4("192.0.2.1"))), None),  # no such link
+    (addr(AF_INET, 1, rta(A, v4("192.0.2.1")), rta(netaddr.IFA_LABEL, b"lo:1\0")),
+     "192.0.2.1"),  # liblxc compares the whole label with "lo"
+    (addr(AF_INET, 2, rta(A, v4("192.0.2.1")), rta(netaddr.IFA_LABEL, b"lo\0")), None),
+    (addr(AF_INET, 1, rta(A, v4("192.0.2.1")), rta(netaddr.IFA_LABEL, b"x" * 17)), None),
+    (addr(AF_INET, 2, rta(A, v4("192.0.2.1")), rta(L, b"\1\2")), None),  # a bad local
+    (addr(AF_INET, 2, rta(A, b"\1\2\3"), rta(L, v4("192.0.2.1"))), "192.0.2.1"),
+    (addr(AF_INET, 2, rta(A, b"\1\2\3")), None),
+    (addr(17, 2, rta(A, v4("192.0.2.1"))), None),  # AF_PACKET: no address of get_ips'
+    (addr(AF_INET, 2), None),
+    (addr(AF_INET, 2)[:5], None),
+])
+def test_one_address_message(payload: bytes, expected: str | None) -> None:
+    assert netaddr.address(payload, LINKS) == expected
+
+
+def test_links_are_named_as_liblxc_names_them() -> None:
+    assert netaddr.link_name(link(2, b"eth0")) == (2, b"eth0")
+    assert netaddr.link_name(link(2, b"x" * 16)) is None  # no room for it in IFNAMSIZ + 1
+    assert netaddr.link_name(netaddr.IFINFOMSG.pack(0, 1, 2, 0, 0)) is None
+    assert netaddr.link_name(link(2, b"eth0")[:10]) is None
+
+
+def scripted(*datagrams: bytes, sender: Any = (0, 0)) -> Any:
+    replies = iter(datagrams)
+
+    def recvfrom(size: int) -> tuple[bytes, Any]:
+        return next(replies, b""), sender
+    return recvfrom
+
+
+def test_a_dump_ends_at_done_and_keeps_only_the_kernels_messages_of_its_sequence() -> None:
+    first = nlmsg(netaddr.RTM_NEWLINK, link(1, b"lo")) + nlmsg(netaddr.RTM_NEWLINK,
+                                                               link(9, b"x"), seq=7)
+    done = nlmsg(netaddr.NLMSG_DONE, b"\0\0\0\0")
+    assert netaddr.read_dump(scripted(first, done), 1, netaddr.RTM_NEWLINK) == [link(1, b"lo")]
+
+    forged = scripted(first, done, sender=(4242, 0))  # a process in the container, not the kernel
+    with pytest.raises(OSError, match="did not end"):
+        netaddr.read_dump(forged, 1, netaddr.RTM_NEWLINK)
+    with pytest.raises(OSError, match="refused"):
+        netaddr.read_dump(scripted(nlmsg(netaddr.NLMSG_ERROR, bytes(20))), 1,
+                          netaddr.RTM_NEWLINK)
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\0" * 15, netaddr.NLMSG.pack(0, 16, 0, 1, 0), netaddr.NLMSG.pack(15, 16, 0, 1, 0),
+    netaddr.NLMSG.pack(4096, 16, 0, 1, 0) + b"short"])
+def test_a_message_that_does_not_fit_ends_the_datagram(data: bytes) -> None:
+    assert list(netaddr.messages(data)) == []
+
+
+def test_an_attribute_that_does_not_fit_ends_the_message() -> None:
+    good = rta(netaddr.IFLA_IFNAME, b"eth0\0")
+    assert list(netaddr.attributes(good + netaddr.RTATTR.pack(0, 3), 0)) == [(3, b"eth0\0")]
+    assert list(netaddr.attributes(good + netaddr.RTATTR.pack(99, 3), 0)) == [(3, b"eth0\0")]
+    assert list(netaddr.attributes(good + b"\1", 0)) == [(3, b"eth0\0")]
+
+
+DUMP = (nlmsg(netaddr.RTM_NEWLINK, link(1, b"lo")) + nlmsg(netaddr.RTM_NEWLINK, link(2, b"eth0"))
+        + nlmsg(netaddr.RTM_NEWADDR, addr(AF_INET, 2, rta(A, v4("192.0.2.1")),
+                                          rta(L, v4("192.0.2.1"))))
+        + nlmsg(netaddr.RTM_NEWADDR, addr(AF_INET6, 2, rta(A, v6("2001:db8::1")))))
+
+
+def parse_everything(datagrams: list[bytes]) -> list[str | None]:
+    """The links, then the addresses of `datagrams`, as netaddr.addresses() reads two dumps."""
+    def dump(kind: int) -> list[bytes]:
+        return netaddr.read_dump(scripted(*datagrams, nlmsg(netaddr.NLMSG_DONE, bytes(4))), 1,
+                                 kind)
+    links = dict(filter(None, map(netaddr.link_name, dump(netaddr.RTM_NEWLINK))))
+    return [netaddr.address(p, links) for p in dump(netaddr.RTM_NEWADDR)]
+
+
+def test_the_whole_parse_of_a_dump() -> None:
+    assert [a for a in parse_everything([DUMP]) if a] == ["192.0.2.1", "2001:db8::1"]
+
+
+@runs(300, 20_000)
+def test_no_damage_to_a_dump_makes_the_parser_raise(examples: int) -> None:
+    @given(st.integers(0, len(DUMP)),
+           st.lists(st.tuples(st.integers(0, len(DUMP) - 1), st.integers(0, 255)), max_size=8),
+           st.binary(max_size=64))
+    def prop(cut: int, flips: list[tuple[int, int]], tail: bytes) -> None:
+        damaged = bytearray(DUMP)
+        for at, value in flips:
+            damaged[at] = value
+        with contextlib.suppress(OSError):  # what addresses() turns into "no address"
+            parse_everything([bytes(damaged[:cut]) + tail])
+    run(examples, prop)
+
+
+def test_random_bytes_never_make_the_parser_raise() -> None:
+    rng = random.Random(6)  # fixed: a failure repeats
+    for _ in range(2000):
+        with contextlib.suppress(OSError):
+            parse_everything([rng.randbytes(rng.randrange(0, 200))])
