@@ -1,7 +1,8 @@
 """At helper start: close every operation the last helper left in flight as `interrupted`.
 
 Nothing is run again. The isolated child's process group (a template may still be running)
-is ended first, then a create or clone is left fully there or fully gone, never half-made.
+is ended first, then a create or clone is left fully there or fully gone, never half-made, and
+a container a cut-short freeze left FREEZING is thawed.
 """
 from __future__ import annotations
 
@@ -92,9 +93,22 @@ async def _destroy(containers: Containers, name: str, path: str) -> str:
     return "destroyed"
 
 
+async def _settle_freeze(containers: Containers, name: str) -> str:
+    """A freeze cut short can leave the container FREEZING for good: thaw it, as a missed
+    deadline does. A finished freeze (FROZEN) is kept, as a finished create is."""
+    state = containers.state_of(name)
+    if state != "FREEZING":
+        return f"untouched: {state.lower()}"
+    await run_isolated(lambda: containers.thaw_after_timeout(name), 60)
+    return "thawed: the freeze was cut short"
+
+
 async def settle_container(entry: dict[str, Any], containers: Containers, lxcpath: str) -> str:
-    """Keep a complete container or destroy a half-made one; say which, and why."""
+    """Keep a complete container or destroy a half-made one; thaw a half-frozen one; say
+    which, and why."""
     start = entry["start"]
+    if start.get("op") == "freeze_container":
+        return await _settle_freeze(containers, rules.container_name(str(start.get("container"))))
     if start.get("op") not in ("create_container", "clone_container"):
         return "untouched"
     name = rules.container_name(str(start.get("container")))

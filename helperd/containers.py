@@ -188,6 +188,10 @@ class Containers:
             raise LwpError("operation-failed", f"liblxc could not "
                            f"{'freeze' if frozen else 'unfreeze'} container {c.name!r}")
 
+    def state_of(self, name: str) -> str:
+        """liblxc's word for a container's state: STOPPED, RUNNING, FREEZING, FROZEN, ..."""
+        return str(self._existing(name).state)
+
     def thaw_after_timeout(self, name: str) -> None:
         """Undo a freeze that missed its deadline, so the container is left running.
 

@@ -402,6 +402,36 @@ async def test_recovery_keeps_a_complete_create_and_destroys_a_half_made_one(
     assert complete in dirs and theirs in dirs and half not in dirs and cloned not in dirs
 
 
+async def test_recovery_thaws_a_container_a_cut_short_freeze_left_freezing(
+        world: World, tmp_path: Any) -> None:
+    cfg = load_helper_config(world.config)
+    frozen = new_name()
+    await ask(world, ops.CreateContainer(frozen, "busybox"))
+    await ask(world, ops.StartContainer(frozen))
+    await ask(world, ops.FreezeContainer(frozen))
+    entry = {"start": {"op": "freeze_container", "container": frozen}, "meta": {}}
+    # A freeze that finished is kept as it is.
+    assert await settle_container(entry, Containers(cfg), world.lxcpath) == "untouched: frozen"
+    assert Containers(cfg).state_of(frozen) == "FROZEN"
+    await ask(world, ops.StopContainer(frozen))
+
+    # FREEZING cannot be made on demand (it lasts as long as the kernel takes), so liblxc's
+    # answers are stood in for here; the thaw is the same call a missed deadline makes.
+    marker = tmp_path / "thawed"
+
+    class Stuck(Containers):
+        def state_of(self, name: str) -> str:
+            return "FREEZING"
+
+        def thaw_after_timeout(self, name: str) -> None:
+            marker.write_text(name)
+
+    entry = {"start": {"op": "freeze_container", "container": "t-stuck"}, "meta": {}}
+    assert await settle_container(entry, Stuck(cfg), world.lxcpath) == \
+        "thawed: the freeze was cut short"
+    assert marker.read_text() == "t-stuck"
+
+
 # -- rotation under concurrent load --------------------------------------------------------------
 
 def test_rotation_under_concurrent_mutations_keeps_every_record_once(
