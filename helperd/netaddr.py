@@ -34,7 +34,7 @@ ADDRESS_SIZE = {socket.AF_INET: 4, socket.AF_INET6: 16}
 # Bounds: the namespace is the container's, and its root chooses what is in it.
 MAX_ADDRESSES = 256
 MAX_DATAGRAMS = 256  # per dump: ~5,000 interfaces; a longer dump gives no address
-RECV_SIZE = 65536  # above the kernel's largest dump datagram, so none is cut
+RECV_SIZE = 65536  # twice the kernel's dump datagram (32 KiB, unless one message is larger)
 TIMEOUT = 1.0  # seconds for each read of a reply
 
 _libc = ctypes.CDLL(None, use_errno=True)
