@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import uuid
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -52,29 +52,30 @@ class Api:
         self.token_min_length = token_min_length
 
     def routes(self) -> list[web.RouteDef]:
-        table = [
-            ("GET", "/api/v1/containers", self.list_containers),
-            ("PUT", "/api/v1/containers", self.create_container),
-            ("GET", "/api/v1/containers/{name}", self.container_info),
-            ("POST", "/api/v1/containers/{name}", self.container_action),
-            ("DELETE", "/api/v1/containers/{name}", self.destroy_container),
-            ("GET", "/api/v1/tokens", self.list_tokens),
-            ("POST", "/api/v1/tokens", self.create_token),
-            ("DELETE", "/api/v1/tokens/{token}", self.revoke_token),
-            ("DELETE", "/api/v1/tokens/id/{id}", self.revoke_token_by_id),
-            ("GET", "/api/v1/openapi.json", self.openapi),
-            ("GET", "/api/v1/audit", self.query_audit),
-        ]
+        table: dict[str, list[tuple[str, Handler]]] = {
+            "/api/v1/containers": [("GET", self.list_containers), ("PUT", self.create_container)],
+            "/api/v1/containers/{name}": [("GET", self.container_info),
+                                          ("POST", self.container_action),
+                                          ("DELETE", self.destroy_container)],
+            "/api/v1/tokens": [("GET", self.list_tokens), ("POST", self.create_token)],
+            "/api/v1/tokens/{token}": [("DELETE", self.revoke_token)],
+            "/api/v1/tokens/id/{id}": [("DELETE", self.revoke_token_by_id)],
+            "/api/v1/openapi.json": [("GET", self.openapi)],
+            "/api/v1/audit": [("GET", self.query_audit)],
+        }
         # Every route answers with and without a trailing slash; no redirects (the
-        # reference's redirect turned a PUT into a GET).
+        # reference's redirect turned a PUT into a GET). A path's methods are added one after
+        # the other, so aiohttp gives them one resource: it resolves a request by trying the
+        # resources in turn, an await each, and 14 cost less than 22 (~2 us a request).
         return [web.route(method, path + slash, handler)
-                for method, path, handler in table for slash in ("", "/")]
+                for path, routes in table.items() for slash in ("", "/")
+                for method, handler in routes]
 
     # -- middlewares ----------------------------------------------------------------------
 
     @web.middleware
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        request_id = uuid.uuid4().hex
+        request_id = os.urandom(16).hex()  # uuid4().hex's form at a third of its cost
         request["request_id"] = request_id
         try:
             response = await handler(request)
