@@ -23,8 +23,10 @@ HEADER = "private-token"
 
 def presented_token(request: web.Request) -> str | None:
     """The seed's rule: the query argument, else the header (its name is case-insensitive)."""
-    if QUERY_KEY in request.rel_url.query:
-        return request.rel_url.query[QUERY_KEY] or None
+    url = request.rel_url
+    # No query string, no query argument: parsing an empty one costs ~3 us a request.
+    if url.raw_query_string and QUERY_KEY in url.query:
+        return url.query[QUERY_KEY] or None
     return request.headers.get(HEADER) or None
 
 

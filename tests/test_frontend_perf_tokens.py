@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
-from frontend.auth import MAX_AGE, TokenReader
+from frontend.auth import MAX_AGE, TokenReader, presented_token
 from helperd.tokenstore import TokenStore
 from protocol import tokens
 from protocol.errors import LwpError
@@ -156,3 +157,20 @@ def test_a_store_that_cannot_be_read_is_helper_unavailable_then_retried(
         reader.lookup(token)
     os.rename(key_path + ".away", key_path)
     assert reader.lookup(token) is not None
+
+
+@pytest.mark.parametrize(("target", "headers", "presented"), [
+    ("/api/v1/containers", {"Private-Token": "from-header"}, "from-header"),
+    ("/api/v1/containers", {"PRIVATE-TOKEN": "from-header"}, "from-header"),
+    ("/api/v1/containers?private_token=from-query", {"Private-Token": "h"}, "from-query"),
+    ("/api/v1/containers?force=1&private_token=q", {}, "q"),
+    # Present but empty: the query argument still wins, and presents nothing.
+    ("/api/v1/containers?private_token=", {"Private-Token": "from-header"}, None),
+    ("/api/v1/containers?force=1", {"Private-Token": "from-header"}, "from-header"),
+    ("/api/v1/containers?", {"Private-Token": "from-header"}, "from-header"),
+    ("/api/v1/containers", {}, None),
+    ("/api/v1/containers", {"Private-Token": ""}, None),
+])
+def test_the_presented_token_follows_the_seeds_rule(
+        target: str, headers: dict[str, str], presented: str | None) -> None:
+    assert presented_token(make_mocked_request("GET", target, headers=headers)) == presented
