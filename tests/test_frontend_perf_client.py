@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from protocol import framing, ops
-from protocol.client import HelperClient
+from protocol.client import TICK, HelperClient
 from protocol.errors import LwpError
 
 ENVELOPE = ops.Envelope("req-1", None, "local", ops.ListContainers())
@@ -165,6 +165,20 @@ async def test_a_missed_deadline_is_a_timeout_and_the_late_reply_finds_no_one(
     helper.pieces, helper.pause = (REPLY,), 0.0
     assert await client.call(ENVELOPE) == RESULT
     assert helper.connections == 2
+    await client.close()
+
+
+async def test_a_deadline_is_kept_to_within_a_tick_and_the_sweep_stops_when_idle(
+        helper: FakeHelper) -> None:
+    helper.pieces, helper.pause = (REPLY[:2], REPLY[2:]), 5.0
+    client = HelperClient(helper.path)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(LwpError, match="list_containers did not finish within 0.2 s"):
+        await client.call(ENVELOPE, timeout=0.2)
+    assert 0.2 <= loop.time() - started < 0.2 + TICK + 0.1
+    await asyncio.sleep(2 * TICK)
+    assert client._sweeper is None  # noqa: SLF001 — nothing left to watch, nothing scheduled
     await client.close()
 
 
