@@ -26,6 +26,9 @@ from protocol.errors import LwpError, invalid
 # A host-side interface name as liblxc reports it, safe to put in a /sys path.
 IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 RUNNING = frozenset({"RUNNING", "FROZEN"})
+# Changes that copy or build a root filesystem, run niced (perform()).
+BACKGROUND = frozenset({"create_container", "clone_container"})
+BACKGROUND_NICE = 10
 
 
 def _state_error(name: str, state: str, action: str) -> LwpError:
@@ -120,7 +123,17 @@ class Containers:
 
     def perform(self, request: ops.Request) -> None:
         """Make the change `request` asks for: the method named like its op."""
-        getattr(self, ops.OP_OF_REQUEST[type(request)].name)(request)
+        op = ops.OP_OF_REQUEST[type(request)].name
+        if op not in BACKGROUND:
+            getattr(self, op)(request)
+            return
+        # A template or a rootfs copy runs for seconds on end: at a lower CPU priority (its
+        # processes inherit it), so that the requests answered meanwhile keep their pace.
+        os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICE)
+        try:
+            getattr(self, op)(request)
+        finally:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)  # the worker serves others next
 
     def start_container(self, req: ops.StartContainer) -> None:
         self._start(self._in_state(req.name, "start", {"STOPPED"}))

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from helperd import isolate
+from helperd import containers, isolate
+from helperd.containers import Containers
 from helperd.isolate import Workers, run_isolated
 from protocol import ops
 from protocol.errors import LwpError
@@ -181,3 +182,22 @@ def test_cgroup_home_is_where_this_process_is() -> None:
         with open(os.path.join(d, "cgroup.procs")) as f:
             assert str(os.getpid()) in f.read().split()
     assert home.restore()
+
+
+def test_builds_run_at_a_lower_cpu_priority_and_other_changes_do_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, int] = {}
+
+    def note(self: Containers, req: Any) -> None:
+        seen[type(req).__name__] = os.getpriority(os.PRIO_PROCESS, 0)
+
+    for op in ("create_container", "clone_container", "start_container"):
+        monkeypatch.setattr(Containers, op, note)
+    backend = Containers.__new__(Containers)  # perform() needs no configuration
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    backend.perform(ops.CreateContainer("t-a", "busybox"))
+    backend.perform(ops.CloneContainer("t-b", "t-a"))
+    backend.perform(ops.StartContainer("t-b"))
+    assert seen == {"CreateContainer": containers.BACKGROUND_NICE,
+                    "CloneContainer": containers.BACKGROUND_NICE, "StartContainer": before}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before == 0
