@@ -7,7 +7,7 @@ cancelled mid-request, leaves a connection that may still receive a reply in the
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from protocol import framing, ops
 from protocol.errors import LwpError
@@ -28,8 +28,9 @@ class _Connection(asyncio.Protocol):
         self._reply: asyncio.Future[bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport by construction (create_unix_connection); not an isinstance
+        # check: other loops' transports (uvloop's) do not derive from asyncio's classes.
+        self.transport = cast(asyncio.Transport, transport)
 
     def exchange(self, frame: bytes) -> asyncio.Future[bytes]:
         """Send one request frame; the future gets the reply's body."""
