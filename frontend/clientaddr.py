@@ -5,6 +5,7 @@ reaches; anything a client could have written itself is never taken as its addre
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -25,6 +26,11 @@ def _parse(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+@functools.lru_cache(maxsize=1024)  # the socket's peer: parsed on every request, few values
+def _parse_peer(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    return _parse(value)
+
+
 def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
              proxies: Sequence[Network]) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -40,7 +46,7 @@ def client_address(peer: str | None, forwarded_for: Sequence[str],
     the entry before it; the first untrusted entry is the client. A malformed entry ends the
     walk at the last hop that is still vouched for.
     """
-    current = _parse(peer) if peer else None
+    current = _parse_peer(peer) if peer else None
     if current is None:
         return peer or UNKNOWN
     hops = [hop for line in forwarded_for for hop in line.split(",")]

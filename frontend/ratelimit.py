@@ -5,6 +5,7 @@ seen client once it holds `max_clients`, and the log limiter keeps two numbers.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import math
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 IPV6_PREFIX = 64
 
 
+@functools.lru_cache(maxsize=1024)  # called on every request with a resolved address
 def client_key(address: str) -> str:
     """The unit a limit applies to: an IPv4 address, or the /64 an IPv6 address is in."""
     try:
