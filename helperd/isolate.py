@@ -4,8 +4,8 @@ Why children: liblxc's start() moves its caller into the container's monitor cgr
 may run for minutes, and a hung call (freeze, a stuck template) must be killable without taking
 the helper down. Container changes go to pre-forked workers: a fork of the helper costs ~5 ms,
 handing a job to a waiting worker ~0.1 ms. A worker that misses its deadline is killed with its
-process group; one that cannot move back to the helper's cgroups retires. A worker never returns
-into the event loop: it always _exits.
+process group; one that cannot move back to the helper's cgroups, or was niced, retires. A
+worker never returns into the event loop: it always _exits.
 """
 from __future__ import annotations
 
@@ -42,9 +42,11 @@ class Workers:
         self._job: Job = lambda wire: perform(ops.decode_request(wire).request)
         self._spare = spare
         self._idle: list[_Worker] = []
+        self._refill: asyncio.Handle | None = None  # a fill() due on the next loop turn
 
     def fill(self) -> None:
         """Fork spare workers up to the target (at start, and after one is used up)."""
+        self._refill = None
         while len(self._idle) < self._spare:
             self._idle.append(_Worker.spawn(self._job))
 
@@ -54,7 +56,13 @@ class Workers:
 
         `on_child` learns the worker's pid (its process group) before the job is sent: the
         audit trail keeps it, so a helper restarted after a kill -9 can end what is left."""
-        worker = self._idle.pop() if self._idle else _Worker.spawn(self._job)
+        if self._idle:
+            worker = self._idle.pop()
+        else:
+            if self._refill is not None:  # this fork is the one it was due to make
+                self._refill.cancel()
+                self._refill = None
+            worker = _Worker.spawn(self._job)
         try:
             if on_child is not None:
                 on_child(worker.pid)
@@ -65,11 +73,14 @@ class Workers:
                 self._idle.append(worker)
             else:
                 worker.retire()
-            if len(self._idle) < self._spare:
+            if len(self._idle) < self._spare and self._refill is None:
                 # After this reply is on its way: the fork then costs no request any time.
-                asyncio.get_running_loop().call_soon(self.fill)
+                self._refill = asyncio.get_running_loop().call_soon(self.fill)
 
     def close(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
         while self._idle:
             self._idle.pop().retire()
 
@@ -181,13 +192,17 @@ def _serve(job: Job, sock_fd: int, parent: int) -> NoReturn:
             for fd in (1, 2):
                 os.dup2(output.fileno(), fd)
         home = CgroupHome()
+        priority = os.getpriority(os.PRIO_PROCESS, 0)
         jobs = 0
         # (A worker whose helper died before it could note that never begins.)
         while os.getppid() == parent and (message := os.read(WORKER_FD, framing.MAX_FRAME)):
             os.ftruncate(1, 0)
             reply = _perform(job, message)
             jobs += 1
-            reply["reusable"] = home.restore() and jobs < MAX_JOBS
+            # Reused only as it began: in the helper's cgroups, at the helper's priority (a
+            # create lowers it for good), and within its quota of jobs.
+            reply["reusable"] = (home.restore() and jobs < MAX_JOBS
+                                 and os.getpriority(os.PRIO_PROCESS, 0) == priority)
             os.write(WORKER_FD, msgpack.packb(reply, use_bin_type=True))
         code = 0
     finally:

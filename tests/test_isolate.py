@@ -184,20 +184,32 @@ def test_cgroup_home_is_where_this_process_is() -> None:
     assert home.restore()
 
 
-def test_builds_run_at_a_lower_cpu_priority_and_other_changes_do_not(
+async def test_builds_run_niced_in_a_worker_that_then_retires(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: dict[str, int] = {}
-
-    def note(self: Containers, req: Any) -> None:
-        seen[type(req).__name__] = os.getpriority(os.PRIO_PROCESS, 0)
+    def report(self: Containers, req: Any) -> None:
+        # The worker's priority, sent back the only way a job can: as its outcome.
+        raise LwpError("invalid-state", f"nice {os.getpriority(os.PRIO_PROCESS, 0)}")
 
     for op in ("create_container", "clone_container", "start_container"):
-        monkeypatch.setattr(Containers, op, note)
+        monkeypatch.setattr(Containers, op, report)
     backend = Containers.__new__(Containers)  # perform() needs no configuration
-    before = os.getpriority(os.PRIO_PROCESS, 0)
-    backend.perform(ops.CreateContainer("t-a", "busybox"))
-    backend.perform(ops.CloneContainer("t-b", "t-a"))
-    backend.perform(ops.StartContainer("t-b"))
-    assert seen == {"CreateContainer": containers.BACKGROUND_NICE,
-                    "CloneContainer": containers.BACKGROUND_NICE, "StartContainer": before}
-    assert os.getpriority(os.PRIO_PROCESS, 0) == before == 0
+    pool = Workers(backend.perform, spare=1)
+    pool.fill()  # forked after the patch, so the workers report
+    try:
+        seen = []
+        for request in (ops.StartContainer("t-a"), ops.CreateContainer("t-a", "busybox"),
+                        ops.StartContainer("t-a"), ops.CloneContainer("t-b", "t-a"),
+                        ops.StartContainer("t-b")):
+            pids: list[int] = []
+            with pytest.raises(LwpError) as err:
+                await pool.run(request, 10, pids.append)
+            seen.append((type(request).__name__, err.value.message, pids[0]))
+    finally:
+        pool.close()
+    nice = f"nice {containers.BACKGROUND_NICE}"
+    assert [m for _, m, _ in seen] == ["nice 0", nice, "nice 0", nice, "nice 0"]
+    pids = [p for _, _, p in seen]
+    # The start's worker takes the create, which leaves it niced: it retires, and the next
+    # change gets a fresh worker at the helper's priority.
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0
