@@ -124,14 +124,13 @@ class Containers:
     def perform(self, request: ops.Request) -> None:
         """Make the change `request` asks for: the method named like its op."""
         op = ops.OP_OF_REQUEST[type(request)].name
-        if op not in BACKGROUND:
-            getattr(self, op)(request)
-            return
-        # A template or a rootfs copy runs for seconds on end: at a lower CPU priority (its
-        # processes inherit it), so that the requests answered meanwhile keep their pace.
-        # For good: raising it again would need CAP_SYS_NICE, which the helper's unit does
-        # not grant; the worker retires instead (isolate.py), a fork against a create's 0.4 s.
-        os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICE)
+        if op in BACKGROUND:
+            # A template or a rootfs copy runs for seconds on end: at a lower CPU priority
+            # (its processes inherit it), so that the requests answered meanwhile keep their
+            # pace. For good: raising it again would need CAP_SYS_NICE, which the helper's
+            # unit does not grant; the worker retires instead (isolate.py), a fork against a
+            # create's 0.4 s.
+            os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICE)
         getattr(self, op)(request)
 
     def start_container(self, req: ops.StartContainer) -> None:

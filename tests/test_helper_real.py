@@ -62,17 +62,22 @@ async def test_one_warm_worker_starts_containers_and_returns_to_the_helpers_cgro
     # and the container's monitor is in no worker's process group (a timeout kills that).
     assert _children(helper) == workers
     assert all(_cgroups(w) == _cgroups(helper) for w in workers)
-    monitors = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                if _cmdline(pid).startswith(b"[lxc monitor]") and name.encode() in _cmdline(pid)]
+    monitors = _monitors(name)
     assert monitors and _pgid(monitors[0]) not in workers
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
+def _monitors(name: str) -> list[int]:
+    """The pids of the container's `[lxc monitor]` process (one while it runs)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        if cmdline.startswith(b"[lxc monitor]") and name.encode() in cmdline:
+            found.append(int(pid))
+    return found
 
 
 async def test_container_monitor_does_not_inherit_the_helpers_sockets(
@@ -90,15 +95,7 @@ async def test_container_monitor_does_not_inherit_the_helpers_sockets(
         return {link for link in links if link.startswith("socket:")}
 
     name = await make_container(api, admin, start=True)
-    monitors = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if cmdline.startswith(b"[lxc monitor]") and name.encode() in cmdline:
-            monitors.append(int(pid))
+    monitors = _monitors(name)
     assert monitors, "the container's monitor process was not found"
     assert not sockets(monitors[0]) & sockets(world.process.pid)
 
