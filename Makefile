@@ -1,7 +1,7 @@
 # The README's commands. Everything runs as root on Debian 12 with Debian's own packages.
 PY := /usr/bin/python3
 RUNTIME_DEPS := lxc python3-lxc python3-aiohttp python3-msgpack rsync
-TEST_DEPS := $(RUNTIME_DEPS) busybox-static iproute2 python3-pytest python3-pytest-aiohttp \
+TEST_DEPS := $(RUNTIME_DEPS) adduser busybox-static iproute2 python3-pytest python3-pytest-aiohttp \
              python3-pytest-timeout python3-mypy python3-venv python3-hypothesis openssl
 VENV := .venv
 APT := DEBIAN_FRONTEND=noninteractive apt-get
@@ -15,6 +15,8 @@ deps:
 test-deps:
 	$(APT) update -qq
 	$(APT) install -y -qq --no-install-recommends $(TEST_DEPS)
+	# The service user the frontend runs as: tests drop to it to prove what it cannot do.
+	id -u lwp >/dev/null 2>&1 || adduser --system --group --no-create-home --home /nonexistent lwp
 	test -x $(VENV)/bin/ruff || { $(PY) -m venv --system-site-packages $(VENV) && \
 	    $(VENV)/bin/pip install -q ruff; }
 
