@@ -17,7 +17,7 @@ from typing import Any
 
 import lxc
 
-from helperd import cgroupstats, netaddr
+from helperd import cgroupstats, netaddr, rootfs
 from helperd.config import HelperConfig
 from protocol import ops, rules
 from protocol.config import ConfigError
@@ -29,6 +29,9 @@ RUNNING = frozenset({"RUNNING", "FROZEN"})
 # Changes that copy or build a root filesystem, run niced (perform()).
 BACKGROUND = frozenset({"create_container", "clone_container"})
 BACKGROUND_NICE = 10
+# Backing stores whose rootfs is a plain directory on the host (lxc.rootfs.path "dir:PATH",
+# "btrfs:PATH" or a bare PATH): files in it can be written without mounting anything.
+DIRECTORY_STORES = frozenset({"", "dir", "btrfs"})
 
 
 def _state_error(name: str, state: str, action: str) -> LwpError:
@@ -232,8 +235,30 @@ class Containers:
         source = self._in_state(req.source, "clone", {"STOPPED"})
         self._absent(req.name)
         with self._no_remains(req.name):
-            if not source.clone(req.name, config_path=self.cfg.lxcpath, bdevtype=store):
+            # KEEPNAME: liblxc would rewrite the copy's etc/hostname as root, following any
+            # link the source's root planted there (to a host file). The name is set here.
+            clone = source.clone(req.name, config_path=self.cfg.lxcpath, bdevtype=store,
+                                 flags=lxc.LXC_CLONE_KEEPNAME)
+            if not clone:
                 raise LwpError("operation-failed", f"liblxc could not clone {req.source!r}")
+            self._rename_clone(clone, req.name)
+
+    @staticmethod
+    def _rename_clone(c: Any, name: str) -> None:
+        """What liblxc's clone does without KEEPNAME, with every rootfs path kept inside it."""
+        c.clear_config_item("lxc.uts.name")
+        if not c.set_config_item("lxc.uts.name", name) or not c.save_config():
+            raise LwpError("operation-failed", f"cannot set the hostname of {name!r}")
+        kind, _, where = _config_item(c.get_config_item, "lxc.rootfs.path").rpartition(":")
+        if kind not in DIRECTORY_STORES or not os.path.isdir(where):
+            # A store that must be mounted first: its hostname file keeps the source's name
+            # (lxc.uts.name above is what the container's kernel hostname is set from).
+            return
+        try:
+            rootfs.rewrite_regular_file(where, "/etc/hostname", name.encode() + b"\n")
+        except (OSError, rootfs.RootfsError) as exc:
+            raise LwpError("operation-failed", f"cannot set /etc/hostname in the clone "
+                                               f"{name!r}: {exc}") from None
 
     def destroy_container(self, req: ops.DestroyContainer) -> None:
         c = self._existing(req.name)
