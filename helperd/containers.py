@@ -17,7 +17,7 @@ from typing import Any
 
 import lxc
 
-from helperd import cgroupstats, netaddr, rootfs
+from helperd import cgroupstats, netaddr, rootfs, templates
 from helperd.config import HelperConfig
 from protocol import ops, rules
 from protocol.config import ConfigError
@@ -278,6 +278,9 @@ class Containers:
         path = os.path.join(self.cfg.templates_dir, f"lxc-{name}")
         if not os.access(path, os.X_OK):
             raise invalid("template", f"{name!r} is not installed")
+        why = templates.missing(name)
+        if why is not None:
+            raise invalid("template", why)
         return path
 
     def _store(self, store: str | None) -> str:
