@@ -1,7 +1,7 @@
 # The README's commands. Everything runs as root on Debian 12 with Debian's own packages.
 PY := /usr/bin/python3
 RUNTIME_DEPS := lxc python3-lxc python3-aiohttp python3-msgpack rsync busybox-static
-TEST_DEPS := $(RUNTIME_DEPS) adduser iproute2 python3-pytest python3-pytest-aiohttp \
+TEST_DEPS := $(RUNTIME_DEPS) adduser curl iproute2 python3-pytest python3-pytest-aiohttp \
              python3-pytest-timeout python3-mypy python3-venv python3-hypothesis openssl
 VENV := .venv
 APT := DEBIAN_FRONTEND=noninteractive apt-get
