@@ -41,6 +41,14 @@ def _stopped_busybox(world: World) -> tuple[str, str]:
     return name, os.path.join(world.lxcpath, name, "rootfs")
 
 
+def _plant_hostname_link(root: str, target: str) -> None:
+    """What `ln -sf TARGET /etc/hostname`, run as root inside the container, leaves behind."""
+    hostname = os.path.join(root, "etc", "hostname")
+    if os.path.lexists(hostname):
+        os.unlink(hostname)
+    os.symlink(target, hostname)
+
+
 def _hostname_of(world: World, name: str) -> bytes:
     with open(os.path.join(world.lxcpath, name, "rootfs", "etc", "hostname"), "rb") as f:
         return f.read()
@@ -60,11 +68,7 @@ def _uts_name(world: World, name: str) -> list[str]:
 def test_clone_does_not_write_through_a_hostname_link_to_a_host_file(
         world: World, victim: str) -> None:
     source, root = _stopped_busybox(world)
-    hostname = os.path.join(root, "etc", "hostname")
-    if os.path.lexists(hostname):
-        os.unlink(hostname)
-    # What `ln -s /host/path /etc/hostname` run as root inside the container leaves behind.
-    os.symlink(victim, hostname)
+    _plant_hostname_link(root, victim)
     clone = new_name()
     world.call(ops.CloneContainer(clone, source))
     with open(victim, "rb") as f:
@@ -77,10 +81,7 @@ def test_clone_does_not_write_through_a_hostname_link_to_a_host_file(
 def test_clone_does_not_write_through_a_relative_link_climbing_out(
         world: World, victim: str) -> None:
     source, root = _stopped_busybox(world)
-    hostname = os.path.join(root, "etc", "hostname")
-    if os.path.lexists(hostname):
-        os.unlink(hostname)
-    os.symlink("../" * 40 + victim.lstrip("/"), hostname)
+    _plant_hostname_link(root, "../" * 40 + victim.lstrip("/"))
     world.call(ops.CloneContainer(new_name(), source))
     with open(victim, "rb") as f:
         assert f.read() == VICTIM_TEXT
