@@ -29,6 +29,11 @@ RUNNING = frozenset({"RUNNING", "FROZEN"})
 # Changes that copy or build a root filesystem, run niced (perform()).
 BACKGROUND = frozenset({"create_container", "clone_container"})
 BACKGROUND_NICE = 10
+# liblxc's own log, at level ERROR, for every change: into the worker's output (fd 1), where
+# isolate.py finds the cause of a failure ("bridge lxcbr0 doesn't exist") for the error
+# message, the audit record and the helper's log. liblxc opens it when it is set.
+OP_LOG = ("/proc/self/fd/1", "ERROR")
+LOG_KEYS = ("lxc.log.file", "lxc.log.level")
 # Backing stores whose rootfs is a plain directory on the host (lxc.rootfs.path "dir:PATH",
 # "btrfs:PATH" or a bare PATH): files in it can be written without mounting anything.
 DIRECTORY_STORES = frozenset({"", "dir", "btrfs"})
@@ -159,6 +164,7 @@ class Containers:
         if self.start_as_unit:
             self._start_unit(c)
             return
+        _log_to_output(c)  # the monitor it forks logs there too: the cause of a failed start
         # close_fds: the container's monitor must not inherit the helper's sockets.
         if not c.start(close_fds=True) or not c.wait("RUNNING", 10):
             raise LwpError("operation-failed", f"liblxc could not start container {c.name!r}")
@@ -227,8 +233,10 @@ class Containers:
         if not c.load_config(self.cfg.default_config):
             raise LwpError("operation-failed", "the default container config cannot be read")
         with self._no_remains(req.name):
+            _log_to_output(c)
             if not c.create(template, 0, rules.render_xargs(pairs), bdevtype=store):
                 raise LwpError("operation-failed", f"template {req.template!r} failed")
+            _save_without_log(c, req.name)  # create saved the config with it
 
     def clone_container(self, req: ops.CloneContainer) -> None:
         store = self._store(req.store)
@@ -237,6 +245,7 @@ class Containers:
         with self._no_remains(req.name):
             # KEEPNAME: liblxc would rewrite the copy's etc/hostname as root, following any
             # link the source's root planted there (to a host file). The name is set here.
+            _log_to_output(source)
             clone = source.clone(req.name, config_path=self.cfg.lxcpath, bdevtype=store,
                                  flags=lxc.LXC_CLONE_KEEPNAME)
             if not clone:
@@ -247,8 +256,9 @@ class Containers:
     def _rename_clone(c: Any, name: str) -> None:
         """What liblxc's clone does without KEEPNAME, with every rootfs path kept inside it."""
         c.clear_config_item("lxc.uts.name")
-        if not c.set_config_item("lxc.uts.name", name) or not c.save_config():
+        if not c.set_config_item("lxc.uts.name", name):
             raise LwpError("operation-failed", f"cannot set the hostname of {name!r}")
+        _save_without_log(c, name)  # the clone copied the source's config, log lines too
         kind, _, where = _config_item(c.get_config_item, "lxc.rootfs.path").rpartition(":")
         if kind not in DIRECTORY_STORES or not os.path.isdir(where):
             # A store that must be mounted first: its hostname file keeps the source's name
@@ -267,6 +277,7 @@ class Containers:
                 raise LwpError("invalid-state", f"cannot destroy container {req.name!r}: it is "
                                                 "running; stop it first or pass force=true")
             self._stop(c, clean=False)
+        _log_to_output(c)
         if not c.destroy():
             raise LwpError("operation-failed", f"liblxc could not destroy {req.name!r}")
 
@@ -331,6 +342,19 @@ def first_address(ips: list[str]) -> str:
     """The first IPv4 address, else the first IPv6 address, whole (the reference kept the
     last one and cut IPv6 at the first colon)."""
     return next((a for a in ips if ":" not in a), ips[0] if ips else "")
+
+
+def _log_to_output(c: Any) -> None:
+    for key, value in zip(LOG_KEYS, OP_LOG, strict=True):
+        c.set_config_item(key, value)
+
+
+def _save_without_log(c: Any, name: str) -> None:
+    """Save a container's config without the log lines set for this job alone."""
+    for key in LOG_KEYS:
+        c.clear_config_item(key)
+    if not c.save_config():
+        raise LwpError("operation-failed", f"cannot save the config of {name!r}")
 
 
 def _config_item(getter: Any, key: str) -> str:
