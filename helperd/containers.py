@@ -363,3 +363,18 @@ def _config_item(getter: Any, key: str) -> str:
     except KeyError:
         return ""
     return value if isinstance(value, str) else ""
+
+
+def default_network(path: str) -> tuple[str, str]:
+    """lxc.net.0.type and .link of the config every create starts from, as liblxc reads it
+    (includes and all); nothing is created (the lxcpath is never looked at)."""
+    c = lxc.Container("lwp-doctor", "/nonexistent")
+    c.clear_config()
+    if not c.load_config(path):
+        raise ValueError(f"{path} cannot be read by liblxc")
+    return (_config_item(c.get_config_item, "lxc.net.0.type"),
+            _config_item(c.get_config_item, "lxc.net.0.link"))
+
+
+def lxc_version() -> str:
+    return str(lxc.version)

@@ -2,3 +2,6 @@
 
 Both sides import this package and nothing of each other; it never imports lxc or aiohttp.
 """
+
+# The package's version: pyproject.toml and debian/changelog say the same (tests/test_doctor.py).
+VERSION = "0.1.0"
