@@ -455,20 +455,31 @@ def proc_stat(pid: int | str) -> tuple[int, int, str] | None:
     return int(fields[2]), int(fields[19]), fields[0].decode()
 
 
-def records_after(files: list[str], seq: int) -> Iterator[dict[str, Any]]:
-    """Parsed records with a seq above `seq`, reading only the files that can hold them."""
+def records_after(files: list[str], seq: int,
+                  since: str | None = None) -> Iterator[dict[str, Any]]:
+    """Parsed records with a seq above `seq` (and, if given, stamped at or after `since`),
+    reading only the files that can hold them."""
     start = 0
     for i, path in enumerate(files):
         m = ROTATED_RE.fullmatch(os.path.basename(path))
         if m and int(m.group(1)) <= seq + 1:
             start = i
     for path in files[start:]:
-        yield from _records_of(path, seq)
+        yield from _records_of(path, seq, None if since is None else since.encode())
 
 
-def _records_of(path: str, seq: int = 0) -> Iterator[dict[str, Any]]:
+TS_KEY = b'"ts":"'
+
+
+def _records_of(path: str, seq: int = 0, since: bytes | None = None) -> Iterator[dict[str, Any]]:
     with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
         for line in f:
+            if since is not None:
+                # "ts" sorts last of a record's keys, so its last occurrence is the record's
+                # own: a line stamped before `since` is skipped without being parsed (20x).
+                at = line.rfind(TS_KEY) + len(TS_KEY)
+                if at >= len(TS_KEY) and line[at:at + len(since)] < since:
+                    continue
             record = parse_line(line)
             if record is not None and record["seq"] > seq:
                 yield record
@@ -817,7 +828,7 @@ def query(directory: str, q: ops.QueryAudit) -> dict[str, Any]:
     found: list[dict[str, Any]] = []
     size = 0
     files = files_in_time(trail_files(directory), since, until)
-    for record in records_after(files, q.cursor or 0):
+    for record in records_after(files, q.cursor or 0, since):
         if until is not None and (record.get("ts") or "") > until:
             break  # in time order: nothing later can match
         if not _matches(record, q, since, until):
@@ -838,6 +849,7 @@ class Verdict:
     seq: int | None = None
     reason: str = ""
     line: str = ""
+    anchor: int | None = None  # the seq verified from, when older files were archived
 
 
 def verify(directory: str, key: bytes, tries: int = 3, from_oldest: bool = False) -> Verdict:
@@ -876,6 +888,7 @@ def _verify_once(directory: str, key: bytes, from_oldest: bool = False) -> Verdi
     files = trail_files(directory)
     previous, expected, count = GENESIS, 1, 0
     anchoring = from_oldest
+    first_seq: int | None = None
     head_chain = GENESIS.hex() if head is not None and head["seq"] == 0 else None
     for path in files:
         name = os.path.basename(path)
@@ -887,12 +900,16 @@ def _verify_once(directory: str, key: bytes, from_oldest: bool = False) -> Verdi
             return Verdict(False, count, len(files), name, None, f"unreadable: {exc}")
         lines, torn = _split_lines(data)
         for number, line in enumerate(lines, 1):
+            if anchoring and (parse_line(line) or {}).get("seq") == 1:
+                anchoring = False  # nothing archived after all: check from genesis
+                first_seq = 1
             if anchoring:  # older files archived: start from the first record present
                 anchor = _anchor(line)
                 if anchor is None:
                     return Verdict(False, 0, len(files), f"{name}:{number}", None,
                                    "the anchor (the first record present) is not well-formed")
                 anchoring = False
+                first_seq = anchor[0]
                 previous, expected, count = anchor[1], anchor[0] + 1, 1
                 if head is not None and head["seq"] == anchor[0]:
                     head_chain = anchor[1].hex()
@@ -914,7 +931,8 @@ def _verify_once(directory: str, key: bytes, from_oldest: bool = False) -> Verdi
         if m and int(m.group(1)) != expected - len(lines):
             return Verdict(False, count, len(files), f"{name}:1", expected - len(lines),
                            "the file's name does not match the seq of its first record")
-    return _check_head(head, count, len(files), expected - 1, head_chain)
+    verdict = _check_head(head, count, len(files), expected - 1, head_chain)
+    return dataclasses.replace(verdict, anchor=first_seq) if from_oldest else verdict
 
 
 def _check_line(line: bytes, key: bytes, previous: bytes, expected: int) -> bytes | str:
