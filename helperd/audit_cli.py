@@ -18,7 +18,7 @@ from helperd.config import HelperConfig
 from protocol import ops
 from protocol.client import HelperClient
 
-COLUMNS = (("ts", 27), ("seq", 6), ("phase", 6), ("outcome", 11), ("op", 18),
+COLUMNS = (("ts", 27), ("seq", 6), ("phase", 7), ("outcome", 11), ("op", 18),
            ("container", 16), ("actor", 20), ("client", 16))
 
 
@@ -104,4 +104,9 @@ def row(record: dict[str, Any]) -> str:
     values = {**record, "actor": who}
     cells = [str(values.get(name) if values.get(name) is not None else "-")[:width].ljust(width)
              for name, width in COLUMNS]
+    counted = record.get("summary")
+    if counted:  # what a summary counts goes where a single record's error would
+        return "  ".join(cells) + (f"  x{counted['count']} more like seq {counted['of_seq']} "
+                                   f"({counted['code'] or 'ok'}) {counted['first']} .. "
+                                   f"{counted['last']}")
     return "  ".join(cells) + "  " + (record.get("error") or "")

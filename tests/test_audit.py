@@ -470,6 +470,7 @@ async def test_repeats_in_a_window_become_one_summary_that_says_what_it_counts(
     assert run_verify(scratch, capsys)[0] == 0
 
 
+@pytest.mark.security
 async def test_a_summary_with_an_altered_count_is_caught(
         scratch: Scratch, capsys: pytest.CaptureFixture[str]) -> None:
     await _counted_trail(scratch, 50)
@@ -487,6 +488,7 @@ def test_reads_and_refusals_are_counted_but_changes_and_their_ends_never() -> No
                                       "invalid-state", "no-such-container"}
 
 
+@pytest.mark.security
 def test_a_window_holds_at_most_max_keys_then_folds_peer_chosen_fields() -> None:
     agg = audit.Aggregator(window=60, max_keys=16)
     written = [agg.note(record(0, client=f"10.0.0.{i}"), "forbidden", False) for i in range(500)]
@@ -499,6 +501,7 @@ def test_a_window_holds_at_most_max_keys_then_folds_peer_chosen_fields() -> None
     assert agg.table == {}
 
 
+@pytest.mark.security
 def test_a_made_up_op_name_in_a_bad_frame_never_splits_its_key() -> None:
     agg = audit.Aggregator(window=60, max_keys=16)
     for i in range(100):
