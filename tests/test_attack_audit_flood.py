@@ -47,6 +47,22 @@ def trail_bytes(world: World) -> int:
     return sum(os.path.getsize(p) for p in audit.trail_files(os.path.join(world.base, "audit")))
 
 
+def start(world: World) -> None:
+    """Start the world's helper and wait until it accepts (the socket file exists from bind
+    on, a moment before the helper listens)."""
+    world.start_helper()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(world.socket)
+            return
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 @pytest.fixture
 def fresh() -> Iterator[World]:
     w = make_world()
@@ -87,7 +103,7 @@ def test_sixteen_clients_listing_write_a_few_records_a_window_not_one_a_request(
         fresh: World) -> None:
     configure(fresh, audit_window=1.0, token_requests_burst=1_000_000,
               token_requests_per_second=1_000_000.0)
-    fresh.start_helper()
+    start(fresh)
     read = make_token(fresh, "read")
     before_records, before_bytes = len(trail(fresh)), trail_bytes(fresh)
     started = time.monotonic()
@@ -130,7 +146,7 @@ def _bad_frame(world: World, i: int) -> str:
 
 def test_three_hundred_malformed_frames_write_a_handful_of_records_with_the_count(
         fresh: World) -> None:
-    fresh.start_helper()
+    start(fresh)
     before = len(trail(fresh))
     started = time.monotonic()
     codes = {_bad_frame(fresh, i) for i in range(300)}
@@ -160,7 +176,7 @@ def _get(url: str, token: str) -> tuple[int, dict[str, str]]:
 
 def test_a_token_past_its_request_limit_gets_429_with_retry_after_from_the_frontend(
         fresh: World) -> None:
-    fresh.start_helper()
+    start(fresh)
     read, other = make_token(fresh, "read"), make_token(fresh, "read")
     live = start_frontend(fresh, "token_requests_burst = 5\ntoken_requests_per_second = 0.1\n")
     try:
@@ -180,7 +196,7 @@ def test_a_token_past_its_request_limit_gets_429_with_retry_after_from_the_front
 
 def test_the_helper_limits_a_token_itself_when_frames_come_raw(fresh: World) -> None:
     configure(fresh, token_requests_burst=5, token_requests_per_second=0.1)
-    fresh.start_helper()
+    start(fresh)
     read = make_token(fresh, "read")
     outcomes = []
     for _ in range(12):
@@ -201,7 +217,7 @@ def test_below_the_floor_reads_are_refused_then_below_the_reserve_changes_too(
     free = os.statvfs(fresh.base).f_bavail * os.statvfs(fresh.base).f_frsize
     # Reads need more than there is; changes need less.
     configure(fresh, audit_min_free_bytes=free * 4, audit_reserve_bytes=1024 * 1024)
-    fresh.start_helper()
+    start(fresh)
     with pytest.raises(LwpError) as refused:
         fresh.call(ops.ListContainers())
     assert refused.value.code == "insufficient-storage"
@@ -214,7 +230,7 @@ def test_below_the_floor_reads_are_refused_then_below_the_reserve_changes_too(
         f.write(text.replace("audit_reserve_bytes = 1048576\n", ""))
     configure(fresh, audit_reserve_bytes=free * 2)
     os.unlink(fresh.socket)  # start_helper waits for the socket to appear
-    fresh.start_helper()
+    start(fresh)
     with pytest.raises(LwpError) as refused:
         fresh.call(ops.CreateToken(None, "not now", "read"))
     assert refused.value.code == "insufficient-storage"
