@@ -37,8 +37,8 @@ class FrontendConfig:
     auth_log_per_minute: int = 60
     # Requests per verified token id: a burst, then this many a second (the helper limits
     # the same way on its own side).
-    token_requests_burst: int = 1000
-    token_requests_per_second: float = 500.0
+    token_requests_burst: int = 10_000
+    token_requests_per_second: float = 5000.0
     # The shared [tokens] min_length (the helper enforces it; the OpenAPI document shows it).
     token_min_length: int = config.DEFAULT_TOKEN_MIN_LENGTH
 
