@@ -210,6 +210,20 @@ def test_the_helper_limits_a_token_itself_when_frames_come_raw(fresh: World) -> 
         fresh.call(ops.ListContainers())
 
 
+def test_the_helpers_own_limit_reaches_the_client_as_429_with_retry_after(
+        fresh: World) -> None:
+    configure(fresh, token_requests_burst=3, token_requests_per_second=0.1)
+    start(fresh)
+    read = make_token(fresh, "read")
+    live = start_frontend(fresh)  # the frontend's own limit is far away: the helper's holds
+    try:
+        statuses = [_get(f"{live.url}/api/v1/containers", read) for _ in range(5)]
+    finally:
+        stop_frontend(live)
+    assert [s for s, _ in statuses] == [200] * 3 + [429] * 2
+    assert statuses[-1][1]["Retry-After"] == "1"
+
+
 # -- the free-space floor ------------------------------------------------------------------------
 
 def test_below_the_floor_reads_are_refused_then_below_the_reserve_changes_too(
