@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from frontend.ratelimit import AuthFailures
 from protocol import ops, rules
 from protocol.client import HelperClient
 from protocol.errors import LwpError, invalid
+from protocol.limits import Buckets
 from protocol.tokens import TokenRecord
 
 log = logging.getLogger("lwp.frontend")
@@ -40,12 +42,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # GET /api/v1/audit's query parameters: QueryAudit's fields.
 AUDIT_TEXT = ("since", "until", "container", "actor", "op", "outcome")
 AUDIT_NUMBERS = ("limit", "cursor")
+# Token ids the per-token limiter remembers at most (its memory bound).
+LIMITED_TOKENS = 10_000
 
 
 class Api:
     def __init__(self, client: HelperClient, tokens: TokenReader, failures: AuthFailures,
-                 proxies: Sequence[Network] = (), token_min_length: int = ops.TOKEN_FLOOR) -> None:
+                 proxies: Sequence[Network] = (), token_min_length: int = ops.TOKEN_FLOOR,
+                 token_limit: Buckets | None = None) -> None:
         self.client = client
+        self.token_limit = token_limit
         self.tokens = tokens
         self.failures = failures
         self.proxies = proxies
@@ -127,6 +133,12 @@ class Api:
         record: TokenRecord = request["record"]
         if not rules.scope_allows(record.scope, op.scope):
             raise LwpError("forbidden", "Forbidden")
+        if self.token_limit is not None:
+            # Keyed by the verified token's id, never by what the client sent.
+            wait = self.token_limit.take(record.id, time.monotonic())
+            if wait > 0:
+                raise LwpError("rate-limited", "too many requests with this token; try again "
+                               "later", retry_after=wait)
         envelope = ops.Envelope(request["request_id"], request["token"], request["client"], req)
         return await self.client.call(envelope)
 

@@ -35,6 +35,10 @@ class FrontendConfig:
     auth_limit_clients: int = 10000
     # Authentication-failure log lines per minute at most; the rest are only counted.
     auth_log_per_minute: int = 60
+    # Requests per verified token id: a burst, then this many a second (the helper limits
+    # the same way on its own side).
+    token_requests_burst: int = 10_000
+    token_requests_per_second: float = 5000.0
     # The shared [tokens] min_length (the helper enforces it; the OpenAPI document shows it).
     token_min_length: int = config.DEFAULT_TOKEN_MIN_LENGTH
 
@@ -61,6 +65,9 @@ def load(path: str | None) -> FrontendConfig:
                                          d.auth_failures_per_minute),
         auth_limit_clients=sec.get("auth_limit_clients", int, d.auth_limit_clients),
         auth_log_per_minute=sec.get("auth_log_per_minute", int, d.auth_log_per_minute),
+        token_requests_burst=sec.get("token_requests_burst", int, d.token_requests_burst),
+        token_requests_per_second=sec.get("token_requests_per_second", float,
+                                          d.token_requests_per_second),
         token_min_length=top.section("tokens").get("min_length", int, d.token_min_length),
     )
     if not 0 < cfg.port < 65536:
@@ -79,6 +86,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "auth_failures_per_minute": (0.01, 1_000_000),
     "auth_limit_clients": (16, 10_000_000),
     "auth_log_per_minute": (1, 100_000),
+    "token_requests_burst": (1, 1_000_000),
+    "token_requests_per_second": (0.01, 1_000_000),
 }
 
 

@@ -1,6 +1,8 @@
 """The one place an error code becomes an HTTP status, and the one shape of an error body."""
 from __future__ import annotations
 
+import math
+
 from aiohttp import web
 
 from protocol.errors import LwpError
@@ -21,6 +23,7 @@ STATUS: dict[str, int] = {
     "internal-error": 500,
     "protocol-error": 502,
     "helper-unavailable": 503,
+    "insufficient-storage": 503,
     "timeout": 504,
 }
 # aiohttp's own refusals (routing, body size) in our vocabulary.
@@ -28,5 +31,9 @@ HTTP_CODES: dict[int, str] = {404: "not-found", 405: "method-not-allowed", 413: 
 
 
 def error_response(error: LwpError) -> web.Response:
-    return web.json_response({"status": "error", "error": error.message, "code": error.code},
-                             status=STATUS[error.code])
+    response = web.json_response({"status": "error", "error": error.message,
+                                  "code": error.code}, status=STATUS[error.code])
+    if error.code == "rate-limited":
+        # Every 429 says when to come back (the helper's own refusals carry no time: 1 s).
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after or 1)))
+    return response

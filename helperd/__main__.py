@@ -28,7 +28,8 @@ async def serve(cfg: config.HelperConfig) -> None:
     forward = Forwarder() if cfg.audit_syslog else None
     writer, in_flight = audit.open_trail(
         cfg.audit_dir, cfg.audit_key_file, cfg.audit_rotate_bytes, cfg.audit_group,
-        forward if forward is not None and forward.active else None)
+        forward if forward is not None and forward.active else None,
+        cfg.audit_window, cfg.audit_window_keys)
     helper = Helper(cfg, Containers(cfg), tokens, writer)
     # Before the socket exists: nothing new may start until the last run's loose ends are tied.
     if in_flight:

@@ -1,7 +1,8 @@
 """The audit trail: one JSON record a line, HMAC-chained across size-rotated files, fsync'd.
 
-Only the helper writes it (one writer thread, group commit); a record is on disk before the
-request it describes is answered. The chain, the seq and the head file make any edit visible.
+Only the helper writes it (one writer thread, group commit). A change's records are on disk
+before it is answered; reads and refusals are written once per key and window, then counted
+(one `summary` record per key when the window closes). The chain, seq and head show any edit.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import grp
+import gzip
 import hashlib
 import hmac
 import json
@@ -34,7 +36,7 @@ log = logging.getLogger("lwp.helperd.audit")
 # name order is trail order; the current file is always `audit.log`.
 CURRENT = "audit.log"
 ROTATED = "audit-{:012d}.log"
-ROTATED_RE = re.compile(r"audit-(\d{12})\.log")
+ROTATED_RE = re.compile(r"audit-(\d{12})\.log(?:\.gz)?")  # .gz: compressed by an operator
 HEAD = "audit.head"
 KEY_BYTES = 32
 PAGE = 4096
@@ -62,7 +64,19 @@ OUTCOME_OF_CODE: dict[str, str] = {
     "operation-failed": "error",
     "helper-unavailable": "error",
     "internal-error": "error",
+    "insufficient-storage": "error",
 }
+# Refusals: counted per key and window, never written one by one (a flood of them is cheap to
+# send). Changes refused before they start are refusals too; one that started is never counted.
+REFUSAL_CODES = frozenset({"invalid-request", "payload-too-large", "protocol-error",
+                           "unauthorized", "forbidden", "rate-limited", "insufficient-storage"})
+# Reads: every op that changes nothing. Token create/revoke change the store: never counted.
+READ_OPS = frozenset(name for name, op in ops.OPS.items()
+                     if not op.mutating and name not in ("create_token", "revoke_token"))
+# What a counted record's key is made of (in `summary.key`): a decoded request, and a frame
+# that did not decode or a key past the window's table (whose other fields a peer chooses).
+KEY_FIELDS = ("op", "actor", "client", "container", "peer.uid", "outcome", "code")
+COARSE_KEY_FIELDS = ("op", "peer.uid", "outcome", "code")
 
 
 class AuditError(Exception):
@@ -141,7 +155,8 @@ def blank_record() -> dict[str, Any]:
     """Every record has every key (null where it does not apply), so queries need no guesses."""
     return {"ts": utc_now(), "request_id": None, "phase": "single", "op": None,
             "outcome": None, "container": None, "actor": None, "client": None,
-            "peer": None, "args": None, "error": None, "duration_ms": None, "recovery": None}
+            "peer": None, "args": None, "error": None, "duration_ms": None, "recovery": None,
+            "summary": None}
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -152,8 +167,19 @@ def trail_files(directory: str) -> list[str]:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    rotated = sorted(n for n in names if ROTATED_RE.fullmatch(n))
+    # By first seq; a file being compressed (both forms present) counts once, uncompressed.
+    rotated = sorted({n[:22]: n for n in sorted(names, reverse=True)
+                      if ROTATED_RE.fullmatch(n)}.values())
     return [os.path.join(directory, n) for n in rotated + ([CURRENT] if CURRENT in names else [])]
+
+
+def read_bytes(path: str) -> bytes:
+    """A trail file's bytes, a rotated file compressed with gzip too."""
+    if path.endswith(".gz"):
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def load_key(path: str, create: bool) -> bytes:
@@ -277,8 +303,7 @@ class Trail:
     def _repair_and_read_tail(self, files: list[str]) -> dict[str, Any] | None:
         """The last complete record; a torn final line (never acknowledged) is cut off."""
         for path in reversed(files):
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_bytes(path)
             lines, torn = _split_lines(data)
             if torn and path.endswith(CURRENT):
                 log.warning("audit: dropping %d bytes of a record torn by a crash", len(torn))
@@ -430,31 +455,159 @@ def proc_stat(pid: int | str) -> tuple[int, int, str] | None:
     return int(fields[2]), int(fields[19]), fields[0].decode()
 
 
-def records_after(files: list[str], seq: int) -> Iterator[dict[str, Any]]:
-    """Parsed records with a seq above `seq`, reading only the files that can hold them."""
+def records_after(files: list[str], seq: int,
+                  since: str | None = None) -> Iterator[dict[str, Any]]:
+    """Parsed records with a seq above `seq` (and, if given, stamped at or after `since`),
+    reading only the files that can hold them."""
     start = 0
     for i, path in enumerate(files):
         m = ROTATED_RE.fullmatch(os.path.basename(path))
         if m and int(m.group(1)) <= seq + 1:
             start = i
     for path in files[start:]:
-        with open(path, "rb") as f:
-            for line in f:
-                record = parse_line(line)
-                if record is not None and record["seq"] > seq:
-                    yield record
+        yield from _records_of(path, seq, None if since is None else since.encode())
+
+
+TS_KEY = b'"ts":"'
+
+
+def _records_of(path: str, seq: int = 0, since: bytes | None = None) -> Iterator[dict[str, Any]]:
+    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+        for line in f:
+            if since is not None:
+                # "ts" sorts last of a record's keys, so its last occurrence is the record's
+                # own: a line stamped before `since` is skipped without being parsed (20x).
+                at = line.rfind(TS_KEY) + len(TS_KEY)
+                if at >= len(TS_KEY) and line[at:at + len(since)] < since:
+                    continue
+            record = parse_line(line)
+            if record is not None and record["seq"] > seq:
+                yield record
+
+
+@dataclass
+class Counted:
+    """A key's repeats in the current window, after the one written in full."""
+
+    first_record: dict[str, Any]  # the record written at once (its seq once on disk)
+    code: str | None
+    key_fields: tuple[str, ...]
+    count: int = 0
+    first: str | None = None
+    last: str | None = None
+
+
+class Aggregator:
+    """Reads and refusals, per window: the first of a key is written, its repeats counted.
+
+    Memory is bounded: past `max_keys` keys in a window, new ones fall into a coarse key (op,
+    peer uid, outcome, code), of which there are few. Counts not yet written are lost only if
+    the helper dies (at most one window); a clean stop writes them.
+    """
+
+    def __init__(self, window: float, max_keys: int) -> None:
+        self.window = window
+        self.max_keys = max_keys
+        self.table: dict[tuple[Any, ...], Counted] = {}
+
+    def key_of(self, record: dict[str, Any], code: str | None,
+               coarse: bool) -> tuple[tuple[Any, ...], tuple[str, ...]]:
+        peer_uid = (record.get("peer") or {}).get("uid")
+        if not coarse:
+            actor = record.get("actor") or {}
+            key = ("full", record["op"], actor.get("token_id"), actor.get("scope"),
+                   record["client"], record["container"], peer_uid, record["outcome"], code)
+            if key in self.table or len(self.table) < self.max_keys:
+                return key, KEY_FIELDS
+        return ("coarse", known_op(record), peer_uid, record["outcome"], code), COARSE_KEY_FIELDS
+
+    def note(self, record: dict[str, Any], code: str | None,
+             coarse: bool) -> dict[str, Any] | None:
+        """The record to write now (in full: the key's first in this window), or None: it
+        was counted."""
+        key, fields = self.key_of(record, code, coarse)
+        entry = self.table.get(key)
+        if entry is None:
+            self.table[key] = Counted(record, code, fields)
+            return record
+        entry.count += 1
+        entry.first = entry.first or record["ts"]
+        entry.last = record["ts"]
+        return None
+
+    def forget(self, record: dict[str, Any]) -> None:
+        """A first record that could not be written: the next of its key is written instead."""
+        for key, entry in list(self.table.items()):
+            if entry.first_record is record:
+                del self.table[key]
+
+    def close_window(self) -> list[dict[str, Any]]:
+        """One summary record per key that had repeats; the table starts afresh."""
+        table, self.table = self.table, {}
+        return [summary_record(entry) for entry in table.values() if entry.count]
+
+
+def known_op(record: dict[str, Any]) -> str | None:
+    """The record's op if protocol declares it: a name a peer made up is never a key."""
+    op = record.get("op")
+    return op if op in ops.OPS else None
+
+
+def summary_record(entry: Counted) -> dict[str, Any]:
+    """`count` more requests like record `of_seq` (same `key` fields) from `first` to `last`."""
+    first = entry.first_record
+    record = blank_record()
+    record.update(phase="summary", outcome=first["outcome"],
+                  peer={"uid": (first.get("peer") or {}).get("uid"), "pid": None})
+    record["op"] = known_op(first)
+    for name in ("actor", "client", "container"):
+        if name in entry.key_fields:
+            record[name] = first[name]
+    record["summary"] = {"count": entry.count, "first": entry.first, "last": entry.last,
+                         "code": entry.code, "of_seq": first.get("seq"),
+                         "key": list(entry.key_fields)}
+    return record
 
 
 class AuditWriter:
     """Group commit: every record queued while a write+fsync runs goes into the next one."""
 
-    def __init__(self, trail: Trail) -> None:
+    def __init__(self, trail: Trail, window: float = 60.0, max_keys: int = 4096) -> None:
         self.trail = trail
+        self.aggregator = Aggregator(window, max_keys)
         self._queue: list[tuple[Pending, asyncio.Future[None]]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="audit")
         self._keys = 0
+
+    async def write_counted(self, record: dict[str, Any], code: str | None,
+                            coarse: bool = False) -> None:
+        """A read or refusal: written (durably) if it is its key's first in the window, else
+        only counted, for the window's summary."""
+        first = self.aggregator.note(record, code, coarse)
+        if first is None:
+            return
+        try:
+            await self.write(Pending(first))
+        except AuditError:
+            self.aggregator.forget(first)
+            raise
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.aggregator.window)
+            await self.flush_counts()
+
+    async def flush_counts(self) -> None:
+        """Write the summaries of the window now closing."""
+        summaries = self.aggregator.close_window()
+        if summaries:
+            try:
+                await asyncio.gather(*(self.write(Pending(r)) for r in summaries))
+            except AuditError:
+                log.error("audit: %d summary records could not be written", len(summaries))
 
     async def write(self, item: Pending) -> None:
         """Return once the record is on disk; raise AuditError if it cannot be put there."""
@@ -462,6 +615,7 @@ class AuditWriter:
         if self._task is None:
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._run())
+            self._ticker = loop.create_task(self._tick())
         assert self._wake is not None
         done: asyncio.Future[None] = loop.create_future()
         self._queue.append((item, done))
@@ -496,6 +650,11 @@ class AuditWriter:
         return f"k{os.getpid()}-{self._keys}-{time.monotonic_ns()}"
 
     async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            await self.flush_counts()  # a clean stop loses no count
         if self._task is not None:
             while self._queue:
                 await asyncio.sleep(0.01)
@@ -507,15 +666,15 @@ class AuditWriter:
 
 
 def open_trail(directory: str, key_file: str, rotate_bytes: int, group: str,
-               forward: Callable[[dict[str, Any]], None] | None
-               ) -> tuple[AuditWriter, list[dict[str, Any]]]:
+               forward: Callable[[dict[str, Any]], None] | None, window: float = 60.0,
+               window_keys: int = 4096) -> tuple[AuditWriter, list[dict[str, Any]]]:
     """The writer, and the operations the last helper left in flight (for recovery).
 
     A key is made only for an empty trail: a lost key must not quietly start a new chain."""
     key = load_key(key_file, create=not trail_files(directory))
     trail = Trail(directory, key, rotate_bytes, grp.getgrnam(group).gr_gid, forward)
     in_flight = trail.open()
-    return AuditWriter(trail), in_flight
+    return AuditWriter(trail, window, window_keys), in_flight
 
 
 # -- one request's records -----------------------------------------------------------------
@@ -573,6 +732,10 @@ class Call:
         complete = RESULT_ARGS.get(type(self.request))
         if code is None and complete is not None and record["args"] is not None:
             record["args"] = {**record["args"], **complete(result)}
+        if self.open_key is None and (code in REFUSAL_CODES or record["op"] in READ_OPS):
+            # Never a change that started: those keep their own start and end records.
+            await self.writer.write_counted(record, code, coarse=self.request is None)
+            return
         await self.writer.write(Pending(record, closes=self.open_key))
 
 
@@ -600,13 +763,74 @@ def _actor_matches(actor: dict[str, Any], wanted: str) -> bool:
     return wanted.lower() in str(actor.get("description", "")).lower()
 
 
+# A rotated file's (size, mtime, first ts, last ts), by path: rotated files never change, so
+# a query reads each one's ends once, not its body, to know whether it can hold a match.
+_BOUNDS: dict[str, tuple[int, int, str, str]] = {}
+TAIL_CHUNK = 8192
+
+
+def file_bounds(path: str) -> tuple[str, str] | None:
+    """The times of a rotated file's first and last records (None if it holds none)."""
+    st = os.stat(path)
+    cached = _BOUNDS.get(path)
+    if cached is not None and cached[:2] == (st.st_size, st.st_mtime_ns):
+        return cached[2], cached[3]
+    if path.endswith(".gz"):
+        stamps = [r.get("ts") for r in _records_of(path)]
+        first, last = (stamps[0], stamps[-1]) if stamps else (None, None)
+    else:
+        first, last = _plain_bounds(path, st.st_size)
+    if not isinstance(first, str) or not isinstance(last, str):
+        return None
+    if len(_BOUNDS) > 4096:
+        _BOUNDS.clear()
+    _BOUNDS[path] = (st.st_size, st.st_mtime_ns, first, last)
+    return first, last
+
+
+def _plain_bounds(path: str, size: int) -> tuple[Any, Any]:
+    with open(path, "rb") as f:
+        head = parse_line(f.readline())
+        tail = b""
+        while size > 0 and tail.count(b"\n") < 2:
+            step = min(TAIL_CHUNK, size)
+            size -= step
+            f.seek(size)
+            tail = f.read(step) + tail
+    lines = [line for line in tail.split(b"\n") if line]
+    last = parse_line(lines[-1]) if lines else None
+    return (None if head is None else head.get("ts")), (None if last is None else last.get("ts"))
+
+
+def files_in_time(files: list[str], since: str | None, until: str | None) -> list[str]:
+    """The files that can hold a record from `since` to `until`.
+
+    Records are in time order (the helper stamps them as it writes them); a clock stepped
+    back by the host can hide records from a time-bounded query, never alter the trail."""
+    if since is None and until is None:
+        return files
+    kept = []
+    for path in files:
+        bounds = None if path.endswith(CURRENT) else file_bounds(path)
+        if bounds is not None:
+            if since is not None and bounds[1] < since:
+                continue  # all of it is older
+            if until is not None and bounds[0] > until:
+                break  # all of it, and everything after, is newer
+        kept.append(path)
+    return kept
+
+
 def query(directory: str, q: ops.QueryAudit) -> dict[str, Any]:
     """One page of matching records in trail order; `next_cursor` is None on the last page."""
     since = None if q.since is None else utc_text(ops.audit_time(q.since, "since"))
     until = None if q.until is None else utc_text(ops.audit_time(q.until, "until"))
     found: list[dict[str, Any]] = []
     size = 0
-    for record in records_after(trail_files(directory), q.cursor or 0):
+    files = files_in_time(trail_files(directory), since, until)
+    for record in records_after(files, q.cursor or 0, since):
+        if until is not None and (record.get("ts") or "") > until:
+            break  # in time order: nothing later can match
         if not _matches(record, q, since, until):
             continue
         size += len(canonical(record))
@@ -625,23 +849,37 @@ class Verdict:
     seq: int | None = None
     reason: str = ""
     line: str = ""
+    anchor: int | None = None  # the seq verified from, when older files were archived
 
 
-def verify(directory: str, key: bytes, tries: int = 3) -> Verdict:
+def verify(directory: str, key: bytes, tries: int = 3, from_oldest: bool = False) -> Verdict:
     """Check the whole trail from genesis: line form, seq, chain, and the head's last record.
 
-    A live trail may rotate or grow while it is read; a failure is re-checked a few times
-    before it is reported (tampering fails every time)."""
-    verdict = _verify_once(directory, key)
+    `from_oldest`: older files were archived away; the first record present is the anchor
+    (checked for form only, its chain value trusted) and everything after it is checked in
+    full. A live trail may rotate or grow while it is read; a failure is re-checked a few
+    times before it is reported (tampering fails every time)."""
+    verdict = _verify_once(directory, key, from_oldest)
     for _ in range(tries - 1):
         if verdict.ok:
             break
         time.sleep(0.2)
-        verdict = _verify_once(directory, key)
+        verdict = _verify_once(directory, key, from_oldest)
     return verdict
 
 
-def _verify_once(directory: str, key: bytes) -> Verdict:
+def _anchor(line: bytes) -> tuple[int, bytes] | None:
+    """The seq and chain value of a well-formed record taken on trust as the starting point."""
+    record = parse_line(line)
+    if record is None or canonical(record) != line:
+        return None
+    try:
+        return record["seq"], bytes.fromhex(str(record.get("chain")))
+    except ValueError:
+        return None
+
+
+def _verify_once(directory: str, key: bytes, from_oldest: bool = False) -> Verdict:
     # The head first: it never leads the trail, so records read afterwards cover it.
     try:
         head = read_head(directory)
@@ -649,16 +887,33 @@ def _verify_once(directory: str, key: bytes) -> Verdict:
         return Verdict(False, 0, 0, HEAD, None, str(exc))
     files = trail_files(directory)
     previous, expected, count = GENESIS, 1, 0
+    anchoring = from_oldest
+    first_seq: int | None = None
     head_chain = GENESIS.hex() if head is not None and head["seq"] == 0 else None
     for path in files:
         name = os.path.basename(path)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_bytes(path)
         except FileNotFoundError:
             return Verdict(False, count, len(files), name, None, "the file vanished")
+        except (OSError, EOFError) as exc:  # a damaged .gz
+            return Verdict(False, count, len(files), name, None, f"unreadable: {exc}")
         lines, torn = _split_lines(data)
         for number, line in enumerate(lines, 1):
+            if anchoring and (parse_line(line) or {}).get("seq") == 1:
+                anchoring = False  # nothing archived after all: check from genesis
+                first_seq = 1
+            if anchoring:  # older files archived: start from the first record present
+                anchor = _anchor(line)
+                if anchor is None:
+                    return Verdict(False, 0, len(files), f"{name}:{number}", None,
+                                   "the anchor (the first record present) is not well-formed")
+                anchoring = False
+                first_seq = anchor[0]
+                previous, expected, count = anchor[1], anchor[0] + 1, 1
+                if head is not None and head["seq"] == anchor[0]:
+                    head_chain = anchor[1].hex()
+                continue
             bad = _check_line(line, key, previous, expected)
             if isinstance(bad, str):
                 record = parse_line(line)
@@ -676,7 +931,8 @@ def _verify_once(directory: str, key: bytes) -> Verdict:
         if m and int(m.group(1)) != expected - len(lines):
             return Verdict(False, count, len(files), f"{name}:1", expected - len(lines),
                            "the file's name does not match the seq of its first record")
-    return _check_head(head, count, len(files), expected - 1, head_chain)
+    verdict = _check_head(head, count, len(files), expected - 1, head_chain)
+    return dataclasses.replace(verdict, anchor=first_seq) if from_oldest else verdict
 
 
 def _check_line(line: bytes, key: bytes, previous: bytes, expected: int) -> bytes | str:

@@ -18,7 +18,7 @@ from helperd.config import HelperConfig
 from protocol import ops
 from protocol.client import HelperClient
 
-COLUMNS = (("ts", 27), ("seq", 6), ("phase", 6), ("outcome", 11), ("op", 18),
+COLUMNS = (("ts", 27), ("seq", 6), ("phase", 7), ("outcome", 11), ("op", 18),
            ("container", 16), ("actor", 20), ("client", 16))
 
 
@@ -34,21 +34,28 @@ def add_parser(area: Any) -> None:
     # SUPPRESS: the top-level --json must not be overwritten by this parser's default.
     sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                      help="one JSON record a line")
+    sub.add_argument("--from-oldest", action="store_true",
+                     help="verify: older files were archived; start at the oldest file "
+                          "present (its first record is taken as the anchor)")
     sub.add_argument("action", nargs="?", choices=("verify",),
-                     help="verify: check the whole chain across rotated files")
+                     help="verify: check the whole chain across rotated files "
+                          "(plain or gzip-compressed)")
 
 
 def run(args: argparse.Namespace, cfg: HelperConfig) -> int:
     if args.action == "verify":
-        return verify(cfg)
+        return verify(cfg, args.from_oldest)
     return asyncio.run(_show(args, cfg))
 
 
-def verify(cfg: HelperConfig) -> int:
+def verify(cfg: HelperConfig, from_oldest: bool = False) -> int:
     key = audit.load_key(cfg.audit_key_file, create=False)
-    verdict = audit.verify(cfg.audit_dir, key)
+    verdict = audit.verify(cfg.audit_dir, key, from_oldest=from_oldest)
     if verdict.ok:
         print(f"ok: {verdict.records} records in {verdict.files} files verify")
+        if from_oldest and verdict.anchor is not None:
+            print(f"(from seq {verdict.anchor}, taken as the anchor: the records before it "
+                  "are archived and were not checked)")
         return 0
     seq = "" if verdict.seq is None else f" (seq {verdict.seq})"
     print(f"FAILED at {verdict.where}{seq}: {verdict.reason}")
@@ -97,4 +104,9 @@ def row(record: dict[str, Any]) -> str:
     values = {**record, "actor": who}
     cells = [str(values.get(name) if values.get(name) is not None else "-")[:width].ljust(width)
              for name, width in COLUMNS]
+    counted = record.get("summary")
+    if counted:  # what a summary counts goes where a single record's error would
+        return "  ".join(cells) + (f"  x{counted['count']} more like seq {counted['of_seq']} "
+                                   f"({counted['code'] or 'ok'}) {counted['first']} .. "
+                                   f"{counted['last']}")
     return "  ".join(cells) + "  " + (record.get("error") or "")

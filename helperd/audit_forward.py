@@ -29,6 +29,10 @@ def summary(record: dict[str, Any]) -> str:
     what = record.get("op") or "?"
     target = f" {record['container']}" if record.get("container") else ""
     outcome = record.get("outcome") or record.get("phase")
+    counted = record.get("summary")
+    if counted:  # a window's repeats of one key: say how many, and since when
+        outcome = (f"{outcome} x{counted['count']} more like seq {counted['of_seq']} "
+                   f"since {counted['first']}")
     return f"{what}{target} by {who} from {record.get('client')}: {outcome}"
 
 

@@ -27,6 +27,12 @@ class HelperConfig:
     audit_key_file: str  # the chain's HMAC key, 0600 root, apart from the token key
     audit_rotate_bytes: int  # the current file is rotated once it reaches this size
     audit_syslog: bool  # also send each record to journald or syslog when one is there
+    audit_window: float  # seconds: reads and refusals are counted per key in such windows
+    audit_window_keys: int  # keys counted in one window at most; past it, coarser keys
+    audit_min_free_bytes: int  # below this much free under audit_dir, reads are refused
+    audit_reserve_bytes: int  # below this, changes too (never run one unrecorded)
+    token_requests_burst: int  # per token id: requests at once, then ...
+    token_requests_per_second: float  # ... this many a second (root's CLI is not limited)
     lxcpath: str
     templates_dir: str
     templates: frozenset[str]  # templates a client may name (each must also be installed)
@@ -65,6 +71,26 @@ def _op_timeouts(sec: config.Section) -> dict[str, float]:
     return timeouts
 
 
+# key -> (lowest, highest) allowed value: a typo must not disable a defence.
+LIMITS: dict[str, tuple[float, float]] = {
+    "audit_window": (1, 3600),
+    "audit_window_keys": (16, 1_000_000),
+    "audit_min_free_bytes": (0, 1 << 62),
+    "audit_reserve_bytes": (0, 1 << 62),
+    "token_requests_burst": (1, 1_000_000),
+    "token_requests_per_second": (0.01, 1_000_000),
+}
+
+
+def _check_limits(cfg: HelperConfig) -> None:
+    for key, (low, high) in LIMITS.items():
+        if not low <= getattr(cfg, key) <= high:
+            raise ConfigError(f"helperd.{key}: must be {low:g} to {high:g}")
+    if cfg.audit_reserve_bytes > cfg.audit_min_free_bytes:
+        # Reads go first: a read refused while changes still run keeps room for the changes.
+        raise ConfigError("helperd.audit_reserve_bytes: must not exceed audit_min_free_bytes")
+
+
 def load(path: str | None) -> HelperConfig:
     top = config.load(path)
     sec = top.section("helperd")
@@ -94,6 +120,12 @@ def load(path: str | None) -> HelperConfig:
             top.get("state_dir", str, config.DEFAULT_STATE_DIR), "audit.key")),
         audit_rotate_bytes=sec.get("audit_rotate_bytes", int, 16 * 1024 * 1024),
         audit_syslog=sec.get("audit_syslog", bool, True),
+        audit_window=sec.get("audit_window", float, 60.0),
+        audit_window_keys=sec.get("audit_window_keys", int, 4096),
+        audit_min_free_bytes=sec.get("audit_min_free_bytes", int, 256 * 1024 * 1024),
+        audit_reserve_bytes=sec.get("audit_reserve_bytes", int, 32 * 1024 * 1024),
+        token_requests_burst=sec.get("token_requests_burst", int, 10_000),
+        token_requests_per_second=sec.get("token_requests_per_second", float, 5000.0),
         lxcpath=sec.get("lxcpath", str, "/var/lib/lxc"),
         templates_dir=sec.get("templates_dir", str, "/usr/share/lxc/templates"),
         templates=frozenset(sec.strings("templates", DEFAULT_TEMPLATES)),
@@ -119,6 +151,7 @@ def load(path: str | None) -> HelperConfig:
         raise ConfigError(f"helperd.audit_group: no such group {cfg.audit_group!r}") from None
     if not 1024 <= cfg.audit_rotate_bytes <= 1 << 30:
         raise ConfigError("helperd.audit_rotate_bytes: must be 1 KiB to 1 GiB")
+    _check_limits(cfg)
     if cfg.start_method not in ("auto", "fork", "systemd"):
         raise ConfigError("helperd.start_method: must be auto, fork or systemd")
     if not 1 <= cfg.max_connections <= 4096:

@@ -30,11 +30,17 @@ from helperd.isolate import Workers, run_isolated
 from helperd.tokenstore import TokenStore
 from protocol import framing, ops, rules
 from protocol.errors import LwpError
+from protocol.limits import Buckets
 
 log = logging.getLogger("lwp.helperd")
 T = TypeVar("T")
 # Room left under the frontend's wait for the helper to report a missed deadline itself.
 DEADLINE_MARGIN = 5.0
+# Token ids the per-token limiter remembers at most (least recently seen forgotten first).
+LIMITED_TOKENS = 10_000
+MIB = 1024 * 1024
+SPACE_LOG_INTERVAL = 60.0  # seconds between log lines about the floor (each refusal is counted)
+_space_logged = [-SPACE_LOG_INTERVAL]
 # The audit records of the request being executed, for `mutate` to open and annotate.
 CURRENT_CALL: contextvars.ContextVar[audit.Call] = contextvars.ContextVar("audit_call")
 
@@ -197,6 +203,8 @@ class Helper:
         op = envelope.op
         try:
             actor = self.authorize(envelope, peer, call)
+            self.limit(actor)
+            self.check_space(op.name)
             result = await ALLOWED[op.name](self, envelope.request, actor)
         except LwpError as exc:
             log.info("%s %s by uid %d: %s (%s)", envelope.request_id, op.name, peer.uid,
@@ -221,6 +229,39 @@ class Helper:
             await call.finish(exc.code, exc.message)
         except audit.AuditError as error:
             log.error("bad frame from uid %d pid %d not audited: %s", peer.uid, peer.pid, error)
+
+    @functools.cached_property
+    def token_limit(self) -> Buckets:
+        return Buckets(self.cfg.token_requests_burst, self.cfg.token_requests_per_second,
+                       LIMITED_TOKENS)
+
+    def limit(self, actor: Actor) -> None:
+        """Requests per token id, whatever the frontend limited (it may be compromised).
+        Root's own CLI (no token) is never limited: it is how an operator gets back in."""
+        if actor.token_id is None:
+            return
+        wait = self.token_limit.take(actor.token_id, time.monotonic())
+        if wait > 0:
+            raise LwpError("rate-limited", f"too many requests with this token; retry in "
+                           f"{wait:.1f} s", retry_after=wait)
+
+    def check_space(self, op: str) -> None:
+        """Below the free-space floor under the trail reads are refused, below the reserve
+        changes too: a change must never run without room for its records."""
+        st = os.statvfs(self.cfg.audit_dir)
+        free = st.f_bavail * st.f_frsize
+        change = op not in audit.READ_OPS
+        floor = self.cfg.audit_reserve_bytes if change else self.cfg.audit_min_free_bytes
+        if free < floor:
+            now = time.monotonic()
+            if now - _space_logged[0] >= SPACE_LOG_INTERVAL:
+                _space_logged[0] = now
+                log.error("audit: %d MiB free under %s, under the %d MiB floor for %s",
+                          free // MIB, self.cfg.audit_dir, floor // MIB,
+                          "changes" if change else "reads")
+            raise LwpError("insufficient-storage", f"the audit trail's disk has {free // MIB} "
+                           f"MiB free, under the floor for {'changes' if change else 'reads'}; "
+                           "an operator must make room")
 
     async def recover(self, in_flight: list[dict[str, Any]]) -> int:
         """Close what a killed helper left in flight; run before the socket is served."""

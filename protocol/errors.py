@@ -13,7 +13,7 @@ CODES: dict[str, str] = {
     "forbidden": "the token's scope does not allow this operation",
     "not-found": "the addressed object does not exist",
     "method-not-allowed": "the path exists but not with this HTTP method",
-    "rate-limited": "too many failed attempts from this client",
+    "rate-limited": "too many failed attempts from this client, or requests with this token",
     "no-such-container": "the container named does not exist",
     "container-exists": "a container of that name already exists",
     "invalid-state": "the container's state does not allow this transition",
@@ -23,18 +23,22 @@ CODES: dict[str, str] = {
     "helper-unavailable": "the root helper cannot be reached",
     "protocol-error": "a frame broke the wire protocol",
     "internal-error": "an unexpected fault; details are in the server's log",
+    "insufficient-storage": "the audit trail's disk is below its free-space floor",
 }
 
 
 class LwpError(Exception):
     """A failure with a code from CODES and a message safe to show to a client."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
+        # Seconds until a retry may succeed (rate-limited only); the frontend sends it as
+        # Retry-After. It never crosses the socket: only code and message do.
+        self.retry_after = retry_after
 
 
 def invalid(field: str, why: str) -> LwpError:

@@ -436,3 +436,184 @@ def _parse_journal(data: bytes) -> dict[str, str]:
 def test_journal_encoding_frames_values_with_newlines() -> None:
     data = encode_journal({"A": "x", "B": "1\n2"})
     assert data == b"A=x\nB\n" + struct.pack("<Q", 3) + b"1\n2\n"
+
+
+# -- counted reads and refusals ----------------------------------------------------------------
+
+async def _counted_trail(scratch: Scratch, n: int) -> list[dict[str, Any]]:
+    """`n` identical reads, then two of another key, through a writer; its stop writes counts."""
+    key = audit.load_key(scratch.key_file, create=True)
+    trail = audit.Trail(scratch.dir, key, 1 << 20, 0)
+    trail.open()
+    writer = audit.AuditWriter(trail, window=3600, max_keys=16)
+    for i in range(n):
+        await writer.write_counted(record(0, request_id=f"r{i}"), None)
+    for i in range(2):
+        await writer.write_counted(record(1, request_id=f"s{i}"), None)
+    await writer.close()
+    return [json.loads(x) for x in scratch.lines()]
+
+
+async def test_repeats_in_a_window_become_one_summary_that_says_what_it_counts(
+        scratch: Scratch, capsys: pytest.CaptureFixture[str]) -> None:
+    records = await _counted_trail(scratch, 50)
+    assert [(r["phase"], r["request_id"]) for r in records] == [
+        ("single", "r0"), ("single", "s0"), ("summary", None), ("summary", None)]
+    first, summary = records[0], records[2]
+    assert summary["summary"]["count"] == 49 and summary["summary"]["of_seq"] == first["seq"]
+    assert summary["summary"]["first"] <= summary["summary"]["last"] <= summary["ts"]
+    assert summary["summary"]["key"] == list(audit.KEY_FIELDS)
+    for name in ("op", "actor", "client", "container", "outcome"):
+        assert summary[name] == first[name], name
+    assert summary["peer"] == {"uid": 0, "pid": None}
+    assert records[3]["summary"]["count"] == 1
+    assert run_verify(scratch, capsys)[0] == 0
+
+
+@pytest.mark.security
+async def test_a_summary_with_an_altered_count_is_caught(
+        scratch: Scratch, capsys: pytest.CaptureFixture[str]) -> None:
+    await _counted_trail(scratch, 50)
+    lines = scratch.lines()
+    lines[2] = lines[2].replace(b'"count":49', b'"count":4', 1)
+    scratch.write_lines(lines)
+    _fails_at(scratch, capsys, f"{audit.CURRENT}:3", 3, "chain value does not match")
+
+
+def test_reads_and_refusals_are_counted_but_changes_and_their_ends_never() -> None:
+    assert audit.READ_OPS == {"list_containers", "container_info", "list_tokens", "query_audit"}
+    assert {"unauthorized", "forbidden", "invalid-request", "rate-limited",
+            "protocol-error"} <= audit.REFUSAL_CODES
+    assert not audit.REFUSAL_CODES & {"timeout", "operation-failed", "internal-error",
+                                      "invalid-state", "no-such-container"}
+
+
+@pytest.mark.security
+def test_a_window_holds_at_most_max_keys_then_folds_peer_chosen_fields() -> None:
+    agg = audit.Aggregator(window=60, max_keys=16)
+    written = [agg.note(record(0, client=f"10.0.0.{i}"), "forbidden", False) for i in range(500)]
+    # 16 keys written in full, then one coarse key for the rest: first written, rest counted.
+    assert sum(r is not None for r in written) == 17 and len(agg.table) == 17
+    summaries = agg.close_window()
+    [coarse] = summaries
+    assert coarse["summary"]["count"] == 500 - 17 and coarse["client"] is None
+    assert coarse["summary"]["key"] == list(audit.COARSE_KEY_FIELDS)
+    assert agg.table == {}
+
+
+@pytest.mark.security
+def test_a_made_up_op_name_in_a_bad_frame_never_splits_its_key() -> None:
+    agg = audit.Aggregator(window=60, max_keys=16)
+    for i in range(100):
+        agg.note(record(i, op=f"made_up_{i}", actor=None), "invalid-request", True)
+    [summary] = agg.close_window()
+    assert summary["summary"]["count"] == 99 and summary["op"] is None
+
+
+# -- queries read only the files that can hold a match ----------------------------------------
+
+def test_a_recent_query_opens_only_the_newest_files(scratch: Scratch,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    trail = scratch.trail(rotate=2048)
+    for day in range(1, 29):  # four weeks of old records, then today's
+        trail.append([audit.Pending(record(i, ts=f"2026-01-{day:02d}T00:00:{i:02d}.000000Z"))
+                      for i in range(6)])
+    trail.append([audit.Pending(record(i, ts=f"2026-03-01T00:00:{i:02d}.000000Z"))
+                  for i in range(3)])
+    trail.close()
+    assert len(scratch.rotated()) >= 20
+    opened: list[str] = []
+    real_open = open
+
+    def counting_open(path: str, *args: Any, **kwargs: Any) -> Any:
+        opened.append(os.path.basename(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(audit, "open", counting_open, raising=False)
+    page = audit.query(scratch.dir, ops.QueryAudit(since="2026-02-15"))
+    assert [r["ts"][:10] for r in page["records"]] == ["2026-03-01"] * 3
+    # The current file, plus the ends of each rotated one (once: they never change).
+    bodies = [n for n in opened if n != audit.CURRENT]
+    assert len(opened) <= len(scratch.rotated()) + 2, opened
+    opened.clear()
+    audit.query(scratch.dir, ops.QueryAudit(since="2026-02-15"))
+    assert opened == [audit.CURRENT], (opened, bodies)
+    late = audit.query(scratch.dir, ops.QueryAudit(since="2026-01-28", until="2026-01-28T23:59"))
+    assert [r["ts"][:10] for r in late["records"]] == ["2026-01-28"] * 6
+
+
+# -- archiving: compressed and moved-away rotated files ---------------------------------------
+
+def test_compressed_rotated_files_still_verify_and_answer_queries(
+        filled: Scratch, capsys: pytest.CaptureFixture[str]) -> None:
+    import gzip
+    for name in filled.rotated():
+        with open(filled.path(name), "rb") as f, gzip.open(filled.path(name) + ".gz", "wb") as g:
+            g.write(f.read())
+        os.unlink(filled.path(name))
+    assert run_verify(filled, capsys) == (0, f"ok: 40 records in {len(filled.rotated()) + 1} "
+                                             "files verify\n")
+    assert len(audit.query(filled.dir, ops.QueryAudit(container="c1"))["records"]) == 8
+
+
+def test_verify_from_the_oldest_file_present_after_archiving(
+        filled: Scratch, capsys: pytest.CaptureFixture[str]) -> None:
+    rotated = filled.rotated()
+    archive = os.path.join(filled.base, "archive")
+    os.makedirs(archive)
+    for name in rotated[:2]:
+        os.rename(filled.path(name), os.path.join(archive, name))
+    assert run_verify(filled, capsys)[0] == 1  # without saying so, a gap is a failure
+    code = admin.main(["--config", filled.config, "audit", "verify", "--from-oldest"])
+    out = capsys.readouterr().out
+    assert code == 0 and f"from seq {int(rotated[2][6:18])}" in out, out
+    lines = filled.lines(rotated[2])
+    lines[1] = lines[1].replace(b'"c', b'"d', 1)  # tampering after the anchor is still caught
+    filled.write_lines(lines, rotated[2])
+    code = admin.main(["--config", filled.config, "audit", "verify", "--from-oldest"])
+    assert code == 1 and "chain value does not match" in capsys.readouterr().out
+
+
+def test_ts_is_the_last_key_of_a_record_which_the_query_prefilter_relies_on() -> None:
+    assert max([*audit.blank_record(), "seq", "chain"]) == "ts"
+
+
+def test_a_query_at_a_time_bound_keeps_every_record_stamped_at_or_after_it(
+        scratch: Scratch) -> None:
+    trail = scratch.trail()
+    stamps = [f"2026-02-01T10:00:0{i}.000000Z" for i in range(6)]
+    trail.append([audit.Pending(record(i, ts=ts)) for i, ts in enumerate(stamps)])
+    trail.close()
+    page = audit.query(scratch.dir, ops.QueryAudit(since=stamps[2], until=stamps[4]))
+    assert [r["ts"] for r in page["records"]] == stamps[2:5]
+
+
+# -- the helper's settings for all this -------------------------------------------------------
+
+@pytest.mark.parametrize("setting", [
+    "audit_window = 0", "audit_window_keys = 0", "token_requests_burst = 0",
+    "token_requests_per_second = 0", "audit_min_free_bytes = -1",
+    "audit_min_free_bytes = 1000\naudit_reserve_bytes = 2000",
+])
+def test_a_helper_setting_that_would_disable_a_defence_is_refused(scratch: Scratch,
+                                                                  setting: str) -> None:
+    from helperd import config
+    from protocol.config import ConfigError
+    with open(scratch.config) as f:
+        text = f.read()
+    with open(scratch.config, "w") as f:
+        f.write(text.replace("stop_timeout = 1\n", f"stop_timeout = 1\n{setting}\n"))
+    with pytest.raises(ConfigError):
+        config.load(scratch.config)
+
+
+def test_token_buckets_limit_each_key_and_remember_at_most_max_keys() -> None:
+    from protocol.limits import Buckets
+    buckets = Buckets(burst=3, per_second=1.0, max_keys=100)
+    assert [buckets.take(7, 0.0) for _ in range(4)][:3] == [0.0, 0.0, 0.0]
+    assert buckets.take(7, 0.0) == pytest.approx(1.0)
+    assert buckets.take(8, 0.0) == 0.0  # another key's budget is its own
+    assert buckets.take(7, 1.0) == 0.0  # refilled at the rate
+    for key in range(10_000):
+        buckets.take(key + 1000, 2.0)
+    assert len(buckets) == 100
