@@ -26,6 +26,7 @@ from frontend.auth import TokenReader
 from protocol import ops, tokens
 from protocol.errors import LwpError
 from tests.conftest import World, as_user, destroy_world, make_world
+from tests.test_tokens_store import start
 
 pytestmark = [pytest.mark.security, pytest.mark.lxc]
 SERVICE_USER = "lwp"
@@ -52,7 +53,7 @@ def installed() -> Iterator[World]:
     with open(w.config, "w") as f:
         f.write(text.replace('socket_group = "nogroup"', f'socket_group = "{SERVICE_USER}"'))
     try:
-        w.start_helper()
+        start(w)
         yield w
     finally:
         destroy_world(w)
