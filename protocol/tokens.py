@@ -75,17 +75,15 @@ def open_reader(state_dir: str) -> sqlite3.Connection:
 
 
 def snapshot_identity(path: str) -> tuple[int, int, int, int]:
-    """What tells one snapshot from the next (one stat, ~2 us): a new inode at every publish
-    (unique while a reader holds the old one open), a new mtime or size should root ever
-    write the file in place."""
-    return _identity(os.stat(path))
+    """What tells one snapshot from the next (one stat, ~2 us on every request): a new inode
+    at every publish (unique while a reader holds the old one open), a new mtime or size
+    should root ever write the file in place."""
+    st = os.stat(path)  # inlined, not shared with fd_identity: a call costs ~0.4 us here
+    return st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size
 
 
 def fd_identity(fd: int) -> tuple[int, int, int, int]:
-    return _identity(os.fstat(fd))
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    st = os.fstat(fd)
     return st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size
 
 
