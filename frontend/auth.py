@@ -1,11 +1,10 @@
-"""Token verification on the frontend: read-only, against the helper's store.
+"""Token verification on the frontend: read-only, against the snapshot the helper publishes.
 
-The frontend can verify a token but never mint one (it has no write access to the store).
-The store is opened lazily, so the frontend may start before the helper has created it.
+The frontend can verify a token but never mint one (it has no write access to the store), and
+takes no lock on it. The snapshot is opened lazily, so the frontend may start before the helper.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import time
@@ -30,12 +29,12 @@ def presented_token(request: web.Request) -> str | None:
     return request.headers.get(HEADER) or None
 
 
-# A verified record is reused while the store's file change counter stands still: every
-# commit of the helper's (a revocation, a new token, an expiry change) moves it before the
-# helper replies, so a revoked token is refused on the very next request. The counter is one
-# pread; a SQLite lookup costs a read transaction (locks, a journal check) every time.
-# MAX_AGE bounds the reuse even so. Only known tokens are kept, by HMAC digest: no token
-# material, and no growth from guessing; expiry is checked on every use.
+# A verified record is reused while the store's snapshot stays the same file: the helper
+# publishes every commit (a revocation, a new token) as a new file, renamed over the old one
+# before it replies, so a revoked token is refused on the very next request. Telling is one stat
+# (~2 us); a SQLite lookup costs more. MAX_AGE bounds the reuse even so. Only known tokens are
+# kept, by HMAC digest: no token material, and no growth from guessing; expiry is checked on
+# every use.
 MAX_AGE = 1.0
 MAX_KEPT = 1024
 
@@ -43,10 +42,11 @@ MAX_KEPT = 1024
 class TokenReader:
     def __init__(self, state_dir: str, clock: Callable[[], float] = time.time) -> None:
         self.state_dir = state_dir
+        self.path = tokens.snapshot_path(state_dir)
         self.clock = clock
         self._store: tuple[bytes, sqlite3.Connection, int] | None = None
+        self._identity: tuple[int, ...] | None = None
         self._kept: dict[bytes, TokenRecord] = {}
-        self._counter: bytes | None = None
         self._since = 0.0
 
     def lookup(self, token: str) -> TokenRecord | None:
@@ -57,33 +57,45 @@ class TokenReader:
             raise LwpError("helper-unavailable", "the token store cannot be read") from None
 
     def _lookup(self, token: str, now: float) -> TokenRecord | None:
-        key, db, header = self._store or self._open()
-        wanted = tokens.digest(key, token)
-        # Read before the lookup: a commit landing in between moves the counter past the
-        # one stored here, so what the lookup saw is dropped on the next request.
-        counter = tokens.change_counter(header)
-        if counter is None or counter != self._counter or not 0 <= now - self._since < MAX_AGE:
+        identity = tokens.snapshot_identity(self.path)
+        if self._store is None or identity != self._identity:
+            self._open(now)
+        elif not 0 <= now - self._since < MAX_AGE:
             self._kept.clear()
-            self._counter, self._since = counter, now
+            self._since = now
+        assert self._store is not None
+        key, db, _fd = self._store
+        wanted = tokens.digest(key, token)
         record = self._kept.get(wanted)
         if record is None:
             record = tokens.find(db, wanted)
             if record is None:
                 return None
-            if counter is not None and len(self._kept) < MAX_KEPT:
+            if len(self._kept) < MAX_KEPT:
                 self._kept[wanted] = record
         return record if tokens.live(record, now) else None
 
-    def _open(self) -> tuple[bytes, sqlite3.Connection, int]:
-        key = tokens.load_key(self.state_dir)
-        db = tokens.open_reader(self.state_dir)
-        self._store = (key, db, tokens.open_header(self.state_dir))
-        return self._store
+    def _open(self, now: float) -> None:
+        """Open the snapshot with a descriptor of our own first, then SQLite: SQLite gets that
+        file or a newer one, never an older, and while our descriptor pins the file its inode
+        cannot be reused, so any later publish changes what the path's stat shows."""
+        self._close()
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            identity = tokens.fd_identity(fd)
+            # The key too: a rotated key (which revokes every token) is read by the helper at
+            # its start, which always publishes.
+            key = tokens.load_key(self.state_dir)
+            db = tokens.open_reader(self.state_dir)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._store, self._identity, self._since = (key, db, fd), identity, now
 
     def _close(self) -> None:
         if self._store is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._store[2])
             self._store[1].close()
+            os.close(self._store[2])
         self._store = None
+        self._identity = None
         self._kept.clear()

@@ -396,7 +396,9 @@ def _remains_of(h: Helper, name: str) -> Callable[[bool], None]:
 async def _create_token(h: Helper, req: ops.CreateToken, actor: Actor) -> Any:
     if not rules.scope_allows(actor.scope, req.scope):
         raise LwpError("forbidden", "a token can only create tokens of its own scope or lower")
-    token_id, token = h.tokens.create(req.token, req.description, req.scope, req.expires)
+    # On the store's own thread: a commit and a publish (fsyncs) must not stall the loop.
+    token_id, token = await h.tokens.run(h.tokens.create, req.token, req.description,
+                                         req.scope, req.expires)
     log.info("token %d (%s, %s) created by %s", token_id, req.description, req.scope,
              actor.description)
     # The token goes back only when the helper generated it: a client-chosen one it already has.
@@ -404,13 +406,13 @@ async def _create_token(h: Helper, req: ops.CreateToken, actor: Actor) -> Any:
 
 
 async def _revoke_token(h: Helper, req: ops.RevokeToken, actor: Actor) -> Any:
-    record = h.tokens.revoke(req.token, req.id)
+    record = await h.tokens.run(h.tokens.revoke, req.token, req.id)
     log.info("token %d (%s) revoked by %s", record.id, record.description, actor.description)
     return {"id": record.id}
 
 
 async def _list_tokens(h: Helper, req: ops.ListTokens, actor: Actor) -> Any:
-    return [record.public() for record in h.tokens.list()]
+    return [record.public() for record in await h.tokens.run(h.tokens.list)]
 
 
 async def _query_audit(h: Helper, req: ops.QueryAudit, actor: Actor) -> Any:

@@ -1,7 +1,8 @@
 """The token store's format, shared by its one writer (the helper) and its reader (the frontend).
 
 Only HMAC-SHA256(key, token) is stored, never a token. Lookup is by digest through the unique
-index, so an unknown token and a known one with a wrong secret cost the same.
+index, so an unknown token and a known one with a wrong secret cost the same. The frontend reads
+a snapshot that the helper replaces whole (by rename) and never writes in place.
 """
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import hashlib
 import hmac
 import os
 import sqlite3
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-DB_FILE = "tokens.sqlite3"
+DB_FILE = "tokens.sqlite3"  # in state_dir: the snapshot the helper publishes for the frontend
 KEY_FILE = "token.key"
 KEY_BYTES = 32
 
@@ -28,10 +30,6 @@ CREATE TABLE IF NOT EXISTS tokens (
 )"""
 # A constant, interpolated into queries (never client input: hence the S608 waivers).
 COLUMNS = "id, digest, description, scope, created, expires, last_used"
-# SQLite's file header (sqlite.org/fileformat.html): the magic string, the write and read
-# format versions at bytes 18-19 (1: rollback journal, 2: WAL), the change counter at 24-27.
-SQLITE_MAGIC = b"SQLite format 3\x00"
-HEADER_END = 28
 
 
 @dataclass(frozen=True)
@@ -61,11 +59,32 @@ def load_key(state_dir: str) -> bytes:
     return key
 
 
+def snapshot_path(state_dir: str) -> str:
+    return os.path.join(state_dir, DB_FILE)
+
+
 def open_reader(state_dir: str) -> sqlite3.Connection:
-    """A read-only connection: the frontend may verify tokens but never write one."""
-    path = os.path.join(state_dir, DB_FILE)
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
-                           isolation_level=None)
+    """A read-only connection on the snapshot: the frontend may verify tokens, never write one.
+
+    `immutable`: the helper never writes a published snapshot (it replaces it), so SQLite may
+    skip all locking and change detection; a replaced file is the caller's to notice, through
+    snapshot_identity()."""
+    path = urllib.parse.quote(snapshot_path(state_dir))  # a '?' or '#' in it stays a name
+    return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
+                           check_same_thread=False, isolation_level=None)
+
+
+def snapshot_identity(path: str) -> tuple[int, int, int, int]:
+    """What tells one snapshot from the next (one stat, ~2 us on every request): a new inode
+    at every publish (unique while a reader holds the old one open), a new mtime or size
+    should root ever write the file in place."""
+    st = os.stat(path)  # inlined, not shared with fd_identity: a call costs ~0.4 us here
+    return st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size
+
+
+def fd_identity(fd: int) -> tuple[int, int, int, int]:
+    st = os.fstat(fd)
+    return st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size
 
 
 def row_record(row: tuple[Any, ...]) -> TokenRecord:
@@ -92,21 +111,3 @@ def find(conn: sqlite3.Connection, wanted: bytes) -> TokenRecord | None:
 
 def live(record: TokenRecord, now: float) -> bool:
     return record.expires is None or record.expires > now
-
-
-def open_header(state_dir: str) -> int:
-    """A read-only descriptor on the store's file, for change_counter()."""
-    return os.open(os.path.join(state_dir, DB_FILE), os.O_RDONLY | os.O_CLOEXEC)
-
-
-def change_counter(fd: int) -> bytes | None:
-    """SQLite's file change counter, read from the file header without SQLite (1 syscall).
-
-    In rollback-journal mode (the store's, see helperd.tokenstore) every committed write
-    moves it, before the writer's commit returns. In WAL mode it may not move: None then,
-    as for a header that is not SQLite's, so that nothing is trusted to it.
-    """
-    head = os.pread(fd, HEADER_END, 0)
-    if len(head) < HEADER_END or not head.startswith(SQLITE_MAGIC) or head[18:20] != b"\x01\x01":
-        return None
-    return head[24:28]

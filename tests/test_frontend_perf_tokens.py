@@ -1,7 +1,8 @@
 """The frontend's token cache: a kept record never outlives a change to the store.
 
-A revocation (or any other commit of the helper's) is seen on the very next lookup; expiry and
-MAX_AGE still apply to a kept record; guesses are never kept. Each test counts the lookups that
+A revocation (or any other commit of the helper's) is seen on the very next lookup, as the
+published snapshot is a new file; expiry and MAX_AGE still apply to a kept record; guesses are
+never kept. Each test counts the lookups that
 reached SQLite, so a cache that was never used cannot pass.
 """
 from __future__ import annotations
@@ -116,35 +117,34 @@ def test_unknown_tokens_are_never_kept(state: str, store: TokenStore,
     assert len(finds) == 2
 
 
-def test_the_change_counter_moves_with_every_commit_of_the_store(
+def test_every_create_and_revoke_publishes_a_new_snapshot_file(
         state: str, store: TokenStore) -> None:
-    fd = tokens.open_header(state)
+    path = tokens.snapshot_path(state)
+    held = [os.open(path, os.O_RDONLY)]  # held open, as a reader does: no inode is reused
     try:
-        seen = [tokens.change_counter(fd)]
         _id, token = store.create(None, "counted", "read", None)
-        seen.append(tokens.change_counter(fd))
+        held.append(os.open(path, os.O_RDONLY))
         store.revoke(token, None)
-        seen.append(tokens.change_counter(fd))
+        held.append(os.open(path, os.O_RDONLY))
+        assert len({tokens.fd_identity(fd)[:2] for fd in held}) == 3
     finally:
-        os.close(fd)
-    assert None not in seen and len(set(seen)) == 3
-
-
-def test_no_counter_is_trusted_from_a_wal_database_or_a_foreign_file(tmp_path: Path) -> None:
-    wal = os.path.join(tmp_path, "wal.sqlite3")
-    db = sqlite3.connect(wal, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE t (x)")
-    db.close()
-    other = os.path.join(tmp_path, "other")
-    with open(other, "wb") as f:
-        f.write(b"not a database at all, but long enough to have a header")
-    for path in (wal, other):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            assert tokens.change_counter(fd) is None, path
-        finally:
+        for fd in held:
             os.close(fd)
+
+
+def test_a_file_written_in_place_is_reopened_not_trusted(
+        state: str, store: TokenStore, finds: list[bytes]) -> None:
+    """Only root can, and the helper never does; should an admin, the reader still follows."""
+    _id, token = store.create(None, "edited", "read", None)
+    reader = TokenReader(state, Clock())
+    assert reader.lookup(token) is not None
+    db = sqlite3.connect(tokens.snapshot_path(state))
+    with db:
+        db.execute("DELETE FROM tokens")
+    db.close()
+    os.utime(tokens.snapshot_path(state), ns=(1, 1))  # whatever the clock's granularity
+    assert reader.lookup(token) is None
+    assert len(finds) == 2
 
 
 def test_a_store_that_cannot_be_read_is_helper_unavailable_then_retried(

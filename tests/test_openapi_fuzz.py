@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from frontend import openapi
-from protocol import tokens as token_store
+from helperd.tokenstore import private_path
+from protocol import ops
 from tests.conftest import ROOT, World
 from tests.live import Live, live_world, make_token, start_frontend, stop_frontend
 
@@ -70,11 +71,14 @@ def live() -> Iterator[Live]:
 
 
 def move_token_ids(world: World) -> None:
-    db = sqlite3.connect(os.path.join(world.state_dir, token_store.DB_FILE))
+    # The helper's own database (WAL: another writer is safe while it runs); the frontend
+    # reads a snapshot of it, which the next create publishes.
+    db = sqlite3.connect(private_path(world.state_dir))
     with db:
         for scope, new_id in SAFE_IDS.items():
             db.execute("UPDATE tokens SET id = ? WHERE description = ?", (new_id, f"live {scope}"))
     db.close()
+    world.call(ops.RevokeToken(id=world.call(ops.CreateToken(None, "publish", "read"))["id"]))
 
 
 def narrowed_schema(live: Live, path: str) -> None:
