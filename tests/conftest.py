@@ -82,8 +82,9 @@ class World:
             self.process = subprocess.Popen(
                 [PYTHON, "-m", "helperd", "--config", self.config, "--debug"],
                 cwd=ROOT, stdout=log, stderr=log)
+        # Until it accepts a connection: the socket file exists a moment before listen().
         deadline = time.monotonic() + 10
-        while not os.path.exists(self.socket):
+        while not _accepts(self.socket):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the helper did not start; see " + self.log)
             time.sleep(0.02)
@@ -119,6 +120,15 @@ def as_user(user: str, act: Callable[[], bytes]) -> bytes:
         out = f.read()
     os.waitpid(pid, 0)
     return out
+
+
+def _accepts(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _recv_exactly(s: socket.socket, n: int) -> bytes:
