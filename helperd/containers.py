@@ -368,8 +368,8 @@ def _refusing(name: str, action: str) -> Iterator[None]:
 
 def _refusal(name: str, action: str, exc: monitor.Untrusted) -> LwpError:
     return LwpError("invalid-state", f"cannot {action} container {name!r}: its command socket "
-                                     f"is held by uid {exc.uid} (pid {exc.pid}), not by a "
-                                     "monitor; refusing to act on it")
+                                     f"is held by {exc.holder}, not by a monitor; refusing "
+                                     "to act on it")
 
 
 def _host_side_bytes(ifname: str) -> tuple[int, int]:

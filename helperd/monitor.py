@@ -37,12 +37,13 @@ WARNED_MAX = 1024  # squatters named once each in the log, so a squatter cannot 
 
 
 class Untrusted(Exception):
-    """The container's command socket is held by a process that is not root."""
+    """The container's command socket is held by a process that is not root (or by one that
+    lets no connection in, which no monitor does: its backlog is 100 and it accepts at once)."""
 
-    def __init__(self, name: str, uid: int, pid: int) -> None:
-        super().__init__(f"the command socket of container {name!r} is held by uid {uid} "
-                         f"(pid {pid}), not by its monitor")
-        self.name, self.uid, self.pid = name, uid, pid
+    def __init__(self, name: str, holder: str) -> None:
+        super().__init__(f"the command socket of container {name!r} is held by {holder}, not "
+                         "by its monitor")
+        self.name, self.holder = name, holder
 
 
 @dataclass(frozen=True)
@@ -64,15 +65,15 @@ def socket_name(lxcpath: str, name: str) -> bytes:
     return b"\0" + f"lxc/{digest:016x}/command".encode()
 
 
-_warned: set[tuple[str, int, int]] = set()
+_warned: set[tuple[str, str]] = set()
 
 
-def _refuse(name: str, uid: int, pid: int) -> Untrusted:
-    if (name, uid, pid) not in _warned and len(_warned) < WARNED_MAX:
-        _warned.add((name, uid, pid))
-        log.warning("container %s: its command socket is held by uid %d (pid %d), not by "
-                    "its monitor; treated as not running, no change is made", name, uid, pid)
-    return Untrusted(name, uid, pid)
+def _refuse(name: str, holder: str) -> Untrusted:
+    if (name, holder) not in _warned and len(_warned) < WARNED_MAX:
+        _warned.add((name, holder))
+        log.warning("container %s: its command socket is held by %s, not by its monitor; "
+                    "treated as not running, no change is made", name, holder)
+    return Untrusted(name, holder)
 
 
 def command(lxcpath: str, name: str, cmd: int, data: bytes = b"", ptr: int = 0,
@@ -80,17 +81,22 @@ def command(lxcpath: str, name: str, cmd: int, data: bytes = b"", ptr: int = 0,
     """One command to the container's monitor; None when no one holds its name (stopped) or
     the monitor hung up without an answer (it is stopping). Raises Untrusted."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
-        s.settimeout(timeout)
+        # Not blocking: a Unix connect completes at once or finds the backlog full, which a
+        # squatter could arrange to stall every caller for the whole timeout.
+        s.setblocking(False)
         try:
             s.connect(socket_name(lxcpath, name))
         except (ConnectionRefusedError, FileNotFoundError):
             return None
+        except BlockingIOError:
+            raise _refuse(name, "a process that accepts no connection") from None
+        s.settimeout(timeout)
         # The listener's credentials, taken when it called listen(): root for liblxc's
         # socket (the pid is the process that started the container, maybe gone since).
         pid, uid, _gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET,
                                                           socket.SO_PEERCRED, 12))
         if uid != 0:
-            raise _refuse(name, uid, pid)
+            raise _refuse(name, f"uid {uid} (pid {pid})")
         try:
             s.sendall(WIRE.pack(cmd, len(data), ptr) + data)
             head, fds, _flags, _addr = socket.recv_fds(s, WIRE.size, 1)
@@ -99,13 +105,18 @@ def command(lxcpath: str, name: str, cmd: int, data: bytes = b"", ptr: int = 0,
         fd = fds[0] if fds else None
         for extra in fds[1:]:
             os.close(extra)
+        if head:
+            head += _recv_exactly(s, WIRE.size - len(head))
         if len(head) < WIRE.size:
             if fd is not None:
                 os.close(fd)
             return None
         ret, datalen, value = WIRE.unpack(head)
-        payload = _recv_exactly(s, min(max(datalen, 0), MAX_DATA))
-        return Reply(ret, value, payload, fd)
+        if datalen > MAX_DATA:  # as liblxc refuses it (E2BIG); nothing we ask is that long
+            if fd is not None:
+                os.close(fd)
+            return Reply(-errno.E2BIG, value, b"", None)
+        return Reply(ret, value, _recv_exactly(s, max(datalen, 0)), fd)
 
 
 def _recv_exactly(s: socket.socket, n: int) -> bytes:
@@ -149,16 +160,37 @@ def init_pid(lxcpath: str, name: str) -> int:
     return pid if pid > 0 and is_init_of(pid, lxcpath, name) else 0
 
 
-def monitor_titles(lxcpath: str, name: str, default_lxcpath: str) -> list[bytes]:
-    """What a monitor of this container shows as its command line: liblxc's process title when
-    python3-lxc started it (start(), daemonised), lxc-start's argv under lxc@NAME.service."""
-    titles = [f"[lxc monitor] {lxcpath} {name}".encode()]
-    if lxcpath == default_lxcpath:
-        titles.append(b"\0".join([b"/usr/bin/lxc-start", b"-F", b"-n", name.encode()]))
-    return titles
+DEFAULT_LXCPATH = "/var/lib/lxc"  # Debian's lxc.default_config_path (a test checks it)
+LXC_START = "/usr/bin/lxc-start"
+# lxc-start's options that name the container and the lxcpath (getopt_long, as in lxc_start.c).
+LXC_START_OPTIONS = {"-n": "name", "--name": "name", "-P": "lxcpath", "--lxcpath": "lxcpath"}
 
 
-DEFAULT_LXCPATH = "/var/lib/lxc"
+def is_monitor_of(cmdline: bytes, exe: str, lxcpath: str, name: str) -> bool:
+    """Whether a root process's command line is that of this container's monitor: liblxc's
+    process title when a daemonised start made it (python3-lxc's start(), `lxc-start -n`),
+    else lxc-start itself run in the foreground (lxc@NAME.service runs `lxc-start -F -n`)."""
+    if cmdline.rstrip(b"\0") == f"[lxc monitor] {lxcpath} {name}".encode():
+        return True
+    if exe != LXC_START:
+        return False
+    args = [a.decode("utf-8", "replace") for a in cmdline.rstrip(b"\0").split(b"\0")[1:]]
+    seen = {"lxcpath": DEFAULT_LXCPATH}
+    foreground = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        option, eq, value = arg.partition("=")
+        if option in LXC_START_OPTIONS and option.startswith("--") and eq:
+            seen[LXC_START_OPTIONS[option]] = value
+        elif arg in LXC_START_OPTIONS and i + 1 < len(args):
+            i += 1
+            seen[LXC_START_OPTIONS[arg]] = args[i]
+        elif arg[:2] in ("-n", "-P") and len(arg) > 2:
+            seen[LXC_START_OPTIONS[arg[:2]]] = arg[2:]
+        foreground = foreground or arg in ("-F", "--foreground")
+        i += 1
+    return foreground and seen.get("name") == name and seen["lxcpath"] == lxcpath
 
 
 def is_init_of(pid: int, lxcpath: str, name: str) -> bool:
@@ -169,10 +201,11 @@ def is_init_of(pid: int, lxcpath: str, name: str) -> bool:
         if _uid_of(parent) != 0 or not _same_namespaces(parent):
             return False
         with open(f"/proc/{parent}/cmdline", "rb") as f:
-            title = f.read(4096).rstrip(b"\0")
+            cmdline = f.read(8192)
+        exe = os.readlink(f"/proc/{parent}/exe")
     except (OSError, ValueError):
         return False
-    return title in monitor_titles(lxcpath, name, DEFAULT_LXCPATH)
+    return is_monitor_of(cmdline, exe, lxcpath, name)
 
 
 def parent_of(pid: int) -> int:

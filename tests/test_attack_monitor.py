@@ -90,7 +90,7 @@ def _serve(listener: socket.socket, victim_pid: int, victim_cgroup: str) -> None
 
 
 def start_fake(address: bytes, victim_pid: int, victim_cgroup: str, user: str = "nobody",
-               wait_for_name: float = 0) -> Fake:
+               wait_for_name: float = 0, stall: bool = False) -> Fake:
     """Bind `address` as `user` (retrying up to `wait_for_name` s while it is taken) and answer
     as a monitor would. Returns at once if it is to wait for the name, else once bound."""
     entry = pwd.getpwnam(user)
@@ -111,6 +111,12 @@ def start_fake(address: bytes, victim_pid: int, victim_cgroup: str, user: str = 
                 except OSError as exc:
                     if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
                         raise
+            if stall:  # a full backlog, never accepted: every connect would block
+                listener.listen(0)
+                filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                filler.connect(address)
+                os.write(ready_w, b"bound")
+                time.sleep(3600)
             listener.listen(64)
             os.write(ready_w, b"bound")
             _serve(listener, victim_pid, victim_cgroup)
@@ -185,7 +191,7 @@ def _refused(world: World, request: ops.Request, token: str) -> LwpError | None:
 
 
 def _is_refusal(err: LwpError | None) -> bool:
-    return (err is not None and err.code == "invalid-state" and "held by uid" in err.message
+    return (err is not None and err.code == "invalid-state" and "is held by " in err.message
             and "refusing to act on it" in err.message)
 
 
@@ -235,6 +241,20 @@ def test_freeze_through_a_fake_monitor_freezes_no_cgroup(
         assert _freezer_state(victim_cgroup) == "THAWED", "the helper froze the fake's cgroup"
         assert _is_refusal(freeze), freeze
         assert _is_refusal(_refused(world, ops.StartContainer(stopped), tokens.operate))
+    finally:
+        fake.stop()
+
+
+def test_a_squatter_that_accepts_no_connection_stalls_nothing(
+        world: World, tokens: Tokens, stopped: str) -> None:
+    fake = start_fake(monitor.socket_name(world.lxcpath, stopped), 1, "/", stall=True)
+    try:
+        began = time.monotonic()
+        assert _listing(world, tokens.read)[stopped] == "stopped"
+        assert world.call(ops.ContainerInfo(stopped), token=tokens.read)["state"] == "STOPPED"
+        refusal = _refused(world, ops.StartContainer(stopped), tokens.operate)
+        assert time.monotonic() - began < 2
+        assert _is_refusal(refusal) and "accepts no connection" in str(refusal), refusal
     finally:
         fake.stop()
 
@@ -322,6 +342,33 @@ def test_a_name_taken_the_moment_a_running_container_stops_is_not_believed(
     finally:
         squatter.stop()
     assert victim.poll() is None
+
+
+# -- who counts as a container's monitor ---------------------------------------------------------
+
+@pytest.mark.parametrize(("argv", "exe", "lxcpath", "verdict"), [
+    ([b"[lxc monitor] /l c1"], "/usr/bin/python3.11", "/l", True),   # python3-lxc's start()
+    ([b"[lxc monitor] /l c1"], "/usr/bin/python3.11", "/m", False),  # another lxcpath's
+    ([b"[lxc monitor] /l c10"], "/usr/bin/python3.11", "/l", False),
+    ([b"/usr/bin/lxc-start", b"-F", b"-n", b"c1"], monitor.LXC_START,
+     monitor.DEFAULT_LXCPATH, True),                                    # lxc@c1.service
+    ([b"lxc-start", b"--name=c1", b"--foreground"], monitor.LXC_START,
+     monitor.DEFAULT_LXCPATH, True),
+    ([b"lxc-start", b"-nc1", b"-F", b"-P", b"/l"], monitor.LXC_START, "/l", True),
+    ([b"lxc-start", b"-n", b"c1", b"-F"], monitor.LXC_START, "/l", False),  # default path
+    ([b"lxc-start", b"-n", b"c1"], monitor.LXC_START, monitor.DEFAULT_LXCPATH, False),  # -d
+    ([b"lxc-start", b"-F", b"-n", b"c1"], "/tmp/lxc-start", monitor.DEFAULT_LXCPATH, False),
+    ([b"/usr/bin/lxc-start", b"-F", b"-n", b"c2"], monitor.LXC_START,
+     monitor.DEFAULT_LXCPATH, False),
+])
+def test_a_monitor_is_known_by_its_title_or_as_lxc_start_in_the_foreground(
+        argv: list[bytes], exe: str, lxcpath: str, verdict: bool) -> None:
+    assert monitor.is_monitor_of(b"\0".join(argv) + b"\0", exe, lxcpath, "c1") is verdict
+
+
+def test_the_default_lxcpath_is_liblxcs() -> None:
+    import lxc  # the test compares with python3-lxc's own value
+    assert monitor.DEFAULT_LXCPATH == lxc.default_config_path
 
 
 # -- names too long for sun_path are hashed as liblxc hashes them ------------------------------
