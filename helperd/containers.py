@@ -84,6 +84,8 @@ class Containers:
             return monitor.state(self.cfg.lxcpath, name)
 
     def _wait_state(self, name: str, target: str, action: str) -> bool:
+        """Poll the monitor (not liblxc's wait(), which asks whoever holds the name) until the
+        container is in `target`; False after STATE_WAIT seconds."""
         deadline = time.monotonic() + STATE_WAIT
         while True:
             try:
