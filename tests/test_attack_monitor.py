@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from helperd import monitor
+from helperd import cgroupstats, monitor
 from protocol import ops
 from protocol.errors import LwpError
 from tests.conftest import PYTHON, Tokens, World, new_name
@@ -51,9 +51,22 @@ class Fake:
         os.close(self.ready)
 
 
-def _answer(conn: socket.socket, cmd: int, victim_pid: int, victim_cgroup: str) -> bool:
+@dataclass
+class Script:
+    """What a fake monitor answers beyond its victims (for the root fake of the v2 test)."""
+    cgroup2_fd: int | None = None  # sent for GET_LIMIT_CGROUP2_FD
+    told: int | None = None  # a pipe to write each state it is told (SERVE_STATE_CLIENTS)
+
+
+def _answer(conn: socket.socket, cmd: int, ptr: int, victim_pid: int, victim_cgroup: str,
+            script: Script) -> bool:
     """One answer as liblxc's client expects it; True: keep the connection (a state client)."""
-    if cmd == monitor.GET_STATE:
+    if cmd == monitor.GET_LIMIT_CGROUP2_FD and script.cgroup2_fd is not None:
+        socket.send_fds(conn, [WIRE.pack(0, 0, 0)], [script.cgroup2_fd])
+    elif cmd == monitor.SERVE_STATE_CLIENTS and script.told is not None:
+        os.write(script.told, bytes([ptr]))
+        conn.sendall(WIRE.pack(0, 0, 0))
+    elif cmd == monitor.GET_STATE:
         conn.sendall(WIRE.pack(0, 0, RUNNING))
     elif cmd == monitor.GET_INIT_PID:
         conn.sendall(WIRE.pack(0, 0, victim_pid))
@@ -70,7 +83,8 @@ def _answer(conn: socket.socket, cmd: int, victim_pid: int, victim_cgroup: str) 
     return False
 
 
-def _serve(listener: socket.socket, victim_pid: int, victim_cgroup: str) -> None:
+def _serve(listener: socket.socket, victim_pid: int, victim_cgroup: str,
+           script: Script) -> None:
     kept = []
     while True:
         conn, _ = listener.accept()
@@ -78,10 +92,10 @@ def _serve(listener: socket.socket, victim_pid: int, victim_cgroup: str) -> None
         try:
             head = conn.recv(WIRE.size)
             if len(head) == WIRE.size:
-                cmd, datalen, _ = WIRE.unpack(head)
+                cmd, datalen, ptr = WIRE.unpack(head)
                 if datalen > 0:
                     conn.recv(datalen)
-                if _answer(conn, cmd, victim_pid, victim_cgroup):
+                if _answer(conn, cmd, ptr, victim_pid, victim_cgroup, script):
                     kept.append(conn)
                     continue
         except OSError:
@@ -90,7 +104,8 @@ def _serve(listener: socket.socket, victim_pid: int, victim_cgroup: str) -> None
 
 
 def start_fake(address: bytes, victim_pid: int, victim_cgroup: str, user: str = "nobody",
-               wait_for_name: float = 0, stall: bool = False) -> Fake:
+               wait_for_name: float = 0, stall: bool = False,
+               script: Script | None = None) -> Fake:
     """Bind `address` as `user` (retrying up to `wait_for_name` s while it is taken) and answer
     as a monitor would. Returns at once if it is to wait for the name, else once bound."""
     entry = pwd.getpwnam(user)
@@ -119,7 +134,7 @@ def start_fake(address: bytes, victim_pid: int, victim_cgroup: str, user: str = 
                 time.sleep(3600)
             listener.listen(64)
             os.write(ready_w, b"bound")
-            _serve(listener, victim_pid, victim_cgroup)
+            _serve(listener, victim_pid, victim_cgroup, script or Script())
         finally:
             os._exit(0)
     os.close(ready_w)
@@ -342,6 +357,57 @@ def test_a_name_taken_the_moment_a_running_container_stops_is_not_believed(
     finally:
         squatter.stop()
     assert victim.poll() is None
+
+
+# -- the cgroup v2 path, run on this host's unified hierarchy -------------------------------------
+
+def test_freeze_on_cgroup_v2_writes_the_fd_the_monitor_sends_and_tells_it_each_state(
+        world: World) -> None:
+    # This build host freezes through v1; a stock Debian 12 host through v2. The v2 code is
+    # run here against a root stand-in monitor that hands over a real cgroup2 directory.
+    unified = "/sys/fs/cgroup/unified"
+    if not os.path.isfile(os.path.join(unified, "cgroup.procs")):
+        pytest.fail("this test needs a cgroup2 hierarchy at /sys/fs/cgroup/unified")
+    path = os.path.join(unified, f"lwp-v2-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path)
+    worker = subprocess.Popen(["/bin/sleep", "600"])
+    told_r, told_w = os.pipe()
+    dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    name = new_name()
+    try:
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(worker.pid))
+        fake = start_fake(monitor.socket_name(world.lxcpath, name), 1, "/", user="root",
+                          script=Script(cgroup2_fd=dirfd, told=told_w))
+        try:
+            with monitor.Cgroups(world.lxcpath, name, {}) as cg:
+                assert cg.unified() is not None
+                monitor.set_frozen(cg, True)
+                with open(os.path.join(path, "cgroup.events")) as f:
+                    assert "frozen 1" in f.read().splitlines()
+                # Items are read through the fd the monitor sent, as info reads them.
+                assert cg.get("cgroup.procs").split() == [str(worker.pid)]
+                assert set(cgroupstats.v2(cg.get)) == {"cpu_ns", "memory_bytes", "kmem_bytes",
+                                                       "blkio_bytes"}
+                monitor.set_frozen(cg, False)
+                with open(os.path.join(path, "cgroup.events")) as f:
+                    assert "frozen 0" in f.read().splitlines()
+        finally:
+            fake.stop()
+        told = [monitor.STATES[n] for n in os.read(told_r, 16)]
+        assert told == ["FREEZING", "FROZEN", "THAWED", "RUNNING"]  # as liblxc tells it
+    finally:
+        os.close(dirfd)
+        os.close(told_r)
+        os.close(told_w)
+        worker.kill()
+        worker.wait()
+        for _ in range(100):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.05)
 
 
 # -- who counts as a container's monitor ---------------------------------------------------------
