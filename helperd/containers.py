@@ -3,6 +3,8 @@
 Mutating methods run in a worker process (see isolate.py): liblxc's start() moves its caller
 into the container's monitor cgroup, and a hung liblxc call can then be killed.
 Each method re-checks the name rule before a name reaches liblxc, which validates none.
+A container's state, init pid, cgroups and stop come from monitor.py, which talks only to a
+monitor run by root: liblxc is never left to believe whoever holds the command socket's name.
 """
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Set
 from typing import Any
 
 import lxc
 
-from helperd import cgroupstats, netaddr, rootfs, templates
+from helperd import cgroupstats, monitor, netaddr, rootfs, templates
 from helperd.config import HelperConfig
 from protocol import ops, rules
 from protocol.config import ConfigError
@@ -37,6 +40,8 @@ LOG_KEYS = ("lxc.log.file", "lxc.log.level")
 # Backing stores whose rootfs is a plain directory on the host (lxc.rootfs.path "dir:PATH",
 # "btrfs:PATH" or a bare PATH): files in it can be written without mounting anything.
 DIRECTORY_STORES = frozenset({"", "dir", "btrfs"})
+STATE_WAIT = 10.0  # seconds for a started container to run, a stopped one to be gone
+STATE_POLL = 0.02
 
 
 def _state_error(name: str, state: str, action: str) -> LwpError:
@@ -51,7 +56,7 @@ def _state_error(name: str, state: str, action: str) -> LwpError:
 class Containers:
     def __init__(self, cfg: HelperConfig) -> None:
         self.cfg = cfg
-        self.cgroup_v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+        self.v1_mounts = monitor.v1_mounts()
         self.start_as_unit = start_as_unit(cfg.start_method, cfg.lxcpath)
 
     # -- lookups -------------------------------------------------------------------------
@@ -68,10 +73,42 @@ class Containers:
 
     def _in_state(self, name: str, action: str, allowed: Set[str]) -> Any:
         c = self._existing(name)
-        state = c.state
+        state = self._trusted_state(name, action)
         if state not in allowed:
             raise _state_error(name, state, action)
         return c
+
+    def _state(self, name: str) -> str:
+        """The state its monitor reports; STOPPED if none runs. A name held by anyone but root
+        means no monitor holds it (one holds it from start to end): not running."""
+        try:
+            return monitor.state(self.cfg.lxcpath, name)
+        except monitor.Untrusted:
+            return "STOPPED"  # monitor.py has logged who holds it
+
+    def _trusted_state(self, name: str, action: str) -> str:
+        """The state, for a change: refused while someone else holds the monitor's name."""
+        with _refusing(name, action):
+            return monitor.state(self.cfg.lxcpath, name)
+
+    def _wait_state(self, name: str, target: str, action: str) -> bool:
+        """Poll the monitor (not liblxc's wait(), which asks whoever holds the name) until the
+        container is in `target`; False after STATE_WAIT seconds."""
+        deadline = time.monotonic() + STATE_WAIT
+        while True:
+            try:
+                # Stopped is when its monitor has gone: liblxc's next call looks for that.
+                done = monitor.released(self.cfg.lxcpath, name) if target == "STOPPED" \
+                    else monitor.state(self.cfg.lxcpath, name) == target
+            except monitor.Untrusted as exc:
+                if target == "STOPPED":
+                    return True  # the monitor gave up its name: it has ended
+                raise _refusal(name, action, exc) from None
+            if done:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(STATE_POLL)
 
     def _absent(self, name: str) -> Any:
         c = self._container(name)
@@ -89,43 +126,34 @@ class Containers:
             # no client could address them anyway.
             if not rules.NAME_RE.fullmatch(name):
                 continue
-            try:
-                state = lxc.Container(name, self.cfg.lxcpath).state
-            except RuntimeError:
-                continue  # destroyed between the directory listing and this look
-            listing.append({"container": name, "state": state.lower()})
+            # Not liblxc's state: it would believe any local user bound to the socket name.
+            listing.append({"container": name, "state": self._state(name).lower()})
         return listing
 
     def container_info(self, name: str) -> dict[str, Any]:
         c = self._existing(name, "not-found")
-        state = c.state
-        if state == "STOPPED":
-            return {"name": name, "state": state, "pid": 0}
-        stats = (cgroupstats.v2 if self.cgroup_v2 else cgroupstats.v1)(c.get_cgroup_item)
-        host_rx, host_tx = self._host_side_bytes(c)
-        pid = int(c.init_pid)
-        if pid < 1:  # it stopped while we looked
-            return {"name": name, "state": "STOPPED", "pid": 0}
+        stopped = {"name": name, "state": "STOPPED", "pid": 0}
+        lxcpath = self.cfg.lxcpath
+        try:
+            state = monitor.state(lxcpath, name)
+            # A pid that is no child of this container's monitor reads as 0: stopped.
+            pid = monitor.init_pid(lxcpath, name) if state != "STOPPED" else 0
+            if pid < 1:
+                return stopped
+            # Read from the cgroup its monitor names, not through liblxc's get_cgroup_item,
+            # which would take the cgroup from whoever answered on the socket.
+            with monitor.Cgroups(lxcpath, name, self.v1_mounts) as cg:
+                stats = (cgroupstats.v2 if cg.unified() is not None else cgroupstats.v1)(cg.get)
+            ifname = monitor.config_item(lxcpath, name, "lxc.net.0.veth.pair")
+        except monitor.Untrusted:
+            return stopped  # monitor.py has logged who holds the name
+        host_rx, host_tx = _host_side_bytes(ifname)
         # Not c.get_ips(): liblxc forks the whole helper for it (netaddr.py says why not).
         ip = first_address(netaddr.addresses(pid))
         return {"name": name, "state": state, "pid": pid, "ip": ip,
                 "link": _config_item(c.get_config_item, "lxc.net.0.link"),
                 # Seen from the container: what it receives is what the host side sends.
                 "rx_bytes": host_tx, "tx_bytes": host_rx, **stats}
-
-    @staticmethod
-    def _host_side_bytes(c: Any) -> tuple[int, int]:
-        ifname = _config_item(c.get_running_config_item, "lxc.net.0.veth.pair")
-        if not IFNAME_RE.fullmatch(ifname):
-            return 0, 0
-        counts = []
-        for direction in ("rx_bytes", "tx_bytes"):
-            try:
-                with open(f"/sys/class/net/{ifname}/statistics/{direction}") as f:
-                    counts.append(int(f.read().strip() or 0))
-            except (OSError, ValueError):
-                counts.append(0)
-        return counts[0], counts[1]
 
     # -- state changes (run in a worker process, see isolate.py) --------------------------
 
@@ -156,7 +184,7 @@ class Containers:
     def restart_container(self, req: ops.RestartContainer) -> None:
         # Like `systemctl restart`: a stopped container is simply started.
         c = self._existing(req.name)
-        if c.state in RUNNING:
+        if self._trusted_state(req.name, "restart") in RUNNING:
             self._stop(c, clean=True)
         self._start(c)
 
@@ -166,7 +194,8 @@ class Containers:
             return
         _log_to_output(c)  # the monitor it forks logs there too: the cause of a failed start
         # close_fds: the container's monitor must not inherit the helper's sockets.
-        if not c.start(close_fds=True) or not c.wait("RUNNING", 10):
+        # Waited for here, not by c.wait(): that asks whoever holds the socket's name.
+        if not c.start(close_fds=True) or not self._wait_state(c.name, "RUNNING", "start"):
             raise LwpError("operation-failed", f"liblxc could not start container {c.name!r}")
 
     def _start_unit(self, c: Any) -> None:
@@ -180,7 +209,7 @@ class Containers:
         unit = f"lxc@{c.name}.service"  # the name rule keeps it a valid, unescaped instance
         self._systemctl("reset-failed", unit)  # a hard stop leaves the unit failed
         done = self._systemctl("start", "--no-ask-password", unit)
-        if done.returncode != 0 or not c.wait("RUNNING", 10):
+        if done.returncode != 0 or not self._wait_state(c.name, "RUNNING", "start"):
             raise LwpError("operation-failed", f"could not start {unit} "
                                                f"(see journalctl -u {unit}): {done.stderr.strip()}")
 
@@ -190,34 +219,65 @@ class Containers:
                               check=False, timeout=60)
 
     def _stop(self, c: Any, clean: bool) -> None:
-        if c.state == "FROZEN":
+        """As lxc-stop does: ask init to shut down cleanly, kill it after the timeout.
+
+        Not c.shutdown() / c.stop(): liblxc signals whatever pid the socket's holder names.
+        Here the signal goes through a pidfd to the verified child of the monitor, and the
+        kill is asked of a monitor that root runs."""
+        name, lxcpath = c.name, self.cfg.lxcpath
+        state = self._trusted_state(name, "stop")
+        if state == "STOPPED":
+            return
+        if state == "FROZEN":
             self._set_frozen(c, False)
         timeout = self.cfg.stop_timeout if clean else 0
-        # As lxc-stop does: ask init to shut down cleanly, then kill after the timeout.
-        if timeout > 0 and c.shutdown(math.ceil(timeout)):
-            return
-        if not c.stop() or not c.wait("STOPPED", 10):
-            raise LwpError("operation-failed", f"liblxc could not stop container {c.name!r}")
+        with _refusing(name, "stop"):
+            if timeout > 0 and self._shutdown(c, math.ceil(timeout)):
+                return
+            if not monitor.hard_stop(lxcpath, name, STATE_WAIT) \
+                    or not self._wait_state(name, "STOPPED", "stop"):
+                raise LwpError("operation-failed", f"could not stop container {name!r}")
+
+    def _shutdown(self, c: Any, timeout: int) -> bool:
+        """Send init its halt signal and wait `timeout` s for the container to stop."""
+        lxcpath = self.cfg.lxcpath
+        pid = monitor.init_pid(lxcpath, c.name)
+        if pid == 0:  # gone already, or no child of this container's monitor
+            return self._wait_state(c.name, "STOPPED", "stop")
+        configured = _config_item(c.get_config_item, "lxc.signal.halt")
+        pidfd = monitor.signal_init(pid, lxcpath, c.name, monitor.halt_signal(pid, configured))
+        if pidfd is not None:
+            try:
+                if not monitor.wait_exit(pidfd, timeout):
+                    return False
+            finally:
+                os.close(pidfd)
+        return self._wait_state(c.name, "STOPPED", "stop")
 
     def _set_frozen(self, c: Any, frozen: bool) -> None:
-        # Through liblxc, not by writing the freezer file ourselves: LXC 5 reports the state
-        # its monitor was told, so a freeze done behind its back still reads RUNNING.
-        # liblxc's freeze can hang for ever; the caller runs this with a deadline and
-        # thaws with `thaw_after_timeout` if it passes.
-        if not (c.freeze() if frozen else c.unfreeze()):
-            raise LwpError("operation-failed", f"liblxc could not "
-                           f"{'freeze' if frozen else 'unfreeze'} container {c.name!r}")
+        """Freeze or thaw as liblxc does, on the cgroup a root monitor names (liblxc's freeze
+        would write to whatever cgroup the socket's holder hands it), and tell the monitor:
+        LXC 5 reports the state its monitor was told. This can wait for ever on a cgroup
+        stuck in FREEZING; the caller runs it with a deadline and then thaws with
+        `thaw_after_timeout`."""
+        action = "freeze" if frozen else "unfreeze"
+        with _refusing(c.name, action), \
+                monitor.Cgroups(self.cfg.lxcpath, c.name, self.v1_mounts) as cg:
+            try:
+                monitor.set_frozen(cg, frozen)
+            except (KeyError, ValueError, OSError) as exc:
+                raise LwpError("operation-failed", f"could not {action} container "
+                                                   f"{c.name!r}: {exc}") from None
 
     def state_of(self, name: str) -> str:
-        """liblxc's word for a container's state: STOPPED, RUNNING, FREEZING, FROZEN, ..."""
-        return str(self._existing(name).state)
+        """The state its monitor reports: STOPPED, RUNNING, FREEZING, FROZEN, ..."""
+        self._existing(name)
+        return self._state(name)
 
     def thaw_after_timeout(self, name: str) -> None:
-        """Undo a freeze that missed its deadline, so the container is left running.
-
-        liblxc's unfreeze writes THAWED to the cgroup and tells the monitor, which also
-        clears the FREEZING state the killed freeze left behind."""
-        self._existing(name).unfreeze()
+        """Undo a freeze that missed its deadline, so the container is left running: write
+        THAWED and tell the monitor, which also clears the FREEZING state left behind."""
+        self._set_frozen(self._existing(name), False)
 
     def create_container(self, req: ops.CreateContainer) -> None:
         template = self._template(req.template)
@@ -272,7 +332,7 @@ class Containers:
 
     def destroy_container(self, req: ops.DestroyContainer) -> None:
         c = self._existing(req.name)
-        if c.state != "STOPPED":
+        if self._trusted_state(req.name, "destroy") != "STOPPED":
             if not req.force:
                 raise LwpError("invalid-state", f"cannot destroy container {req.name!r}: it is "
                                                 "running; stop it first or pass force=true")
@@ -336,6 +396,34 @@ def start_as_unit(method: str, lxcpath: str) -> bool:
                           f"{lxc.default_config_path}, not in {lxcpath}; set start_method = "
                           "\"fork\" and run the helper without a sandbox")
     return True
+
+
+@contextlib.contextmanager
+def _refusing(name: str, action: str) -> Iterator[None]:
+    """Turn a command socket held by someone not root into a refusal of the change."""
+    try:
+        yield
+    except monitor.Untrusted as exc:
+        raise _refusal(name, action, exc) from None
+
+
+def _refusal(name: str, action: str, exc: monitor.Untrusted) -> LwpError:
+    return LwpError("invalid-state", f"cannot {action} container {name!r}: its command socket "
+                                     f"is held by {exc.holder}, not by a monitor; refusing "
+                                     "to act on it")
+
+
+def _host_side_bytes(ifname: str) -> tuple[int, int]:
+    if not IFNAME_RE.fullmatch(ifname):
+        return 0, 0
+    counts = []
+    for direction in ("rx_bytes", "tx_bytes"):
+        try:
+            with open(f"/sys/class/net/{ifname}/statistics/{direction}") as f:
+                counts.append(int(f.read().strip() or 0))
+        except (OSError, ValueError):
+            counts.append(0)
+    return counts[0], counts[1]
 
 
 def first_address(ips: list[str]) -> str:
