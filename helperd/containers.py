@@ -232,11 +232,16 @@ class Containers:
             self._set_frozen(c, False)
         timeout = self.cfg.stop_timeout if clean else 0
         with _refusing(name, "stop"):
-            if timeout > 0 and self._shutdown(c, math.ceil(timeout)):
-                return
-            if not monitor.hard_stop(lxcpath, name, STATE_WAIT) \
-                    or not self._wait_state(name, "STOPPED", "stop"):
+            if not (timeout > 0 and self._shutdown(c, math.ceil(timeout))) and (
+                    not monitor.hard_stop(lxcpath, name, STATE_WAIT)
+                    or not self._wait_state(name, "STOPPED", "stop")):
                 raise LwpError("operation-failed", f"could not stop container {name!r}")
+        if self.start_as_unit:
+            # Its lxc@NAME.service saw the container end behind its back: its ExecStop
+            # (lxc-stop) then fails, and the unit — and the host's state — reads failed.
+            unit = f"lxc@{name}.service"
+            self._systemctl("stop", "--no-ask-password", unit)
+            self._systemctl("reset-failed", unit)
 
     def _shutdown(self, c: Any, timeout: int) -> bool:
         """Send init its halt signal and wait `timeout` s for the container to stop."""
