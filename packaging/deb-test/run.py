@@ -702,6 +702,17 @@ def step_reinstall(ins: Inside, deb2: Path, state: dict[str, Any]) -> None:
         state.setdefault("tokens", []).append(token)
     else:
         R.check("the new token is not in apt's output", False)
+    # lwp-admin hands the first token over once and deletes its file; until then, it reminds.
+    rc, out, err = ins.run(["lwp-admin", "token", "list"])
+    R.check("lwp-admin token list reminds that the first-token file is still there",
+            rc == 0 and "lwp-admin initial-token" in err, err.strip())
+    rc, out, err = ins.run(["lwp-admin", "initial-token"])
+    R.check("lwp-admin initial-token prints the first token alone and deletes its file",
+            rc == 0 and out == token + "\n" and token not in err
+            and not (ins.rootfs / TOKEN_FILE.lstrip("/")).exists(), err.strip())
+    rc, out, err = ins.run(["lwp-admin", "token", "list"])
+    R.check("no reminder once the file is gone", rc == 0 and "initial-token" not in err,
+            err.strip())
 
 
 def main() -> int:
