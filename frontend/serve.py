@@ -104,8 +104,12 @@ def passed_socket() -> socket.socket | None:
     if count != "1":
         raise ConfigError(f"systemd passed {count or 'no'} sockets; lwp-frontend.socket must "
                           "have exactly one ListenStream=")
-    os.set_inheritable(SD_LISTEN_FDS_START, False)
-    return socket.socket(fileno=SD_LISTEN_FDS_START)
+    try:
+        os.set_inheritable(SD_LISTEN_FDS_START, False)
+        return socket.socket(fileno=SD_LISTEN_FDS_START)
+    except OSError as exc:
+        raise ConfigError(f"the socket systemd passed (fd {SD_LISTEN_FDS_START}) is not usable: "
+                          f"{exc.strerror}") from None
 
 
 def tls_context(cfg: FrontendConfig) -> ssl.SSLContext | None:
@@ -175,7 +179,7 @@ async def serve(cfg: FrontendConfig, stop: asyncio.Event) -> None:
                                             ssl_handshake_timeout=handshake)
     log.info("listening on %s port %d (%s%s), at most %d connections, %g s per request",
              cfg.listen, cfg.port, "TLS" if ctx else "plain HTTP",
-             ", socket from systemd" if sock is not None else "", cap, cfg.header_timeout)
+             ", on the passed socket" if sock is not None else "", cap, cfg.header_timeout)
     try:
         await stop.wait()
     finally:

@@ -113,7 +113,7 @@ def test_the_frontend_serves_on_the_socket_it_is_passed(world: World) -> None:
     with listener() as sock, serving(world, sock) as log:
         # It did not bind a port of its own: ours is listening, so that bind would have failed.
         assert get(sock.getsockname()[1], read)[0] == b"HTTP/1.1 200 OK"
-        assert "socket from systemd" in text(log)
+        assert "on the passed socket" in text(log)
 
 
 def test_a_request_sent_while_the_frontend_restarts_waits_and_is_answered(world: World) -> None:
@@ -173,6 +173,17 @@ def test_a_passed_socket_on_a_network_address_needs_tls_even_if_configured_alike
         log = os.path.join(world.base, "exposed.log")
         assert activated(sock, config, log).wait(20) == 2
         assert "listening on '0.0.0.0': not a loopback address" in text(log)
+
+
+def test_a_passed_descriptor_that_is_no_socket_is_a_configuration_error(world: World) -> None:
+    log = os.path.join(world.base, "notasocket.log")
+    with open(world.config, "rb") as not_a_socket, open(log, "ab") as out:
+        process = subprocess.Popen(
+            [PYTHON, "-c", run_service().ACTIVATE, str(not_a_socket.fileno()), PYTHON, "-m",
+             "frontend", "--config", config_file(world, free_port())],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, pass_fds=(not_a_socket.fileno(),))
+        assert process.wait(20) == 2
+    assert "is not usable" in text(log) and "Traceback" not in text(log)
 
 
 def test_check_passed_judges_the_real_address(world: World) -> None:
