@@ -4,9 +4,11 @@ Builds the package twice (the version in debian/changelog and a higher one), mak
 root with debootstrap (cached in /var/cache/lwp-deb-test/), installs the package there with apt
 so its dependencies come from the archive, boots that root as an LXC system container in an
 lxcpath of the test's own (/var/tmp/lwp-deb-test, no network: lxc.net.0.type = empty) and then,
-inside it: 1 units, socket and users; 2 the API with the postinst token; 3 a nested busybox
+inside it: 1 units, socket and users, the frontend's port held by systemd (pid 1) and not
+bindable by another user; 2 the API with the postinst token; 3 a nested busybox
 container made and started through the API, which must not inherit the helper's sandbox;
-4 restarts of both services leave it running; 5 an upgrade keeps tokens, config, audit trail and
+4 restarts of both services leave it running, and `systemctl restart lwp-frontend` then curl
+answers 20 times out of 20; 5 an upgrade keeps tokens, config, audit trail and
 the container; 6 a purge leaves no file of the package behind. Exits non-zero on any failure.
 
 Run as root with /usr/bin/python3 (python3-lxc). Touches no container but its own.
