@@ -1,4 +1,7 @@
-"""Run the frontend: `python3 -m frontend --config /etc/lwp/lwp.toml` (as the service user)."""
+"""Run the frontend: `python3 -m frontend --config /etc/lwp/lwp.toml` (as the service user).
+
+It serves on the socket systemd passes (lwp-frontend.socket: fd 3, LISTEN_PID/LISTEN_FDS) when
+there is one, and binds `[frontend] listen`/`port` itself otherwise (see frontend.serve)."""
 from __future__ import annotations
 
 import argparse

@@ -117,9 +117,13 @@ class Api:
                 response.headers["Retry-After"] = str(math.ceil(wait))
                 return response
             token = presented_token(request)
-            record = self.tokens.lookup(token) if token else None
+            # A header may carry any bytes (aiohttp keeps non-UTF-8 as surrogates): one that
+            # cannot be a token is a failed authentication like any other, not a store error.
+            shaped = token is not None and rules.token_shaped(token)
+            record = self.tokens.lookup(token) if token and shaped else None
             if record is None:
-                reason = "unknown-or-expired-token" if token else "no-token"
+                reason = ("no-token" if not token else "unknown-or-expired-token" if shaped
+                          else "malformed-token")
                 self.failures.failed(client, reason, _request_line(request))
                 raise LwpError("unauthorized", "Unauthorized")
             request["token"] = token
@@ -142,6 +146,14 @@ class Api:
         envelope = ops.Envelope(request["request_id"], request["token"], request["client"], req)
         return await self.client.call(envelope)
 
+    def permit(self, request: web.Request, *candidates: type) -> None:
+        """403 before a body is read if the token may call none of the handler's operations:
+        a token without the scope gets no parser to work on (call() checks the one chosen)."""
+        record: TokenRecord = request["record"]
+        if not any(rules.scope_allows(record.scope, ops.OP_OF_REQUEST[c].scope)
+                   for c in candidates):
+            raise LwpError("forbidden", "Forbidden")
+
     # -- handlers -----------------------------------------------------------------------
 
     async def list_containers(self, request: web.Request) -> web.Response:
@@ -153,6 +165,7 @@ class Api:
 
     async def container_action(self, request: web.Request) -> web.Response:
         name = rules.container_name(request.match_info["name"])
+        self.permit(request, *ACTIONS.values())
         body = await json_object(request)
         action = field(body, "action", str)
         _no_others(body, {"action"})
@@ -162,6 +175,7 @@ class Api:
         return web.json_response(OK)
 
     async def create_container(self, request: web.Request) -> web.Response:
+        self.permit(request, ops.CreateContainer, ops.CloneContainer)
         body = await json_object(request)
         _no_others(body, {"name", "template", "clone", "store", "xargs"})
         name = field(body, "name", str)
@@ -193,6 +207,7 @@ class Api:
         return web.json_response(OK)
 
     async def create_token(self, request: web.Request) -> web.Response:
+        self.permit(request, ops.CreateToken)
         body = await json_object(request)
         _no_others(body, {"token", "description", "scope", "expires"})
         scope = field(body, "scope", str, required=False)
@@ -248,11 +263,56 @@ def _request_line(request: web.BaseRequest) -> str:
     return f"{request.method} {safe_target(request)}"
 
 
+# No request body nests deeper than an object holding a list (xargs); refusing deeper ones
+# early keeps a body of 50,000 `[` from reaching the parser's recursion limit.
+MAX_NESTING = 8
+
+
+def _no_constant(name: str) -> Any:
+    raise invalid("body", f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: a float out of range, read as inf
+        raise invalid("body", f"the number {rules.shown(text)} is out of range")
+    return value
+
+
+def _nesting(raw: bytes) -> int:
+    """How deep `raw`'s arrays and objects nest, counting only brackets outside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_NESTING:
+                    break
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
 async def json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object: strict RFC 8259 (no NaN, no Infinity, no number out of
+    range), nested MAX_NESTING deep at most; anything else is 400 naming why."""
     raw = await request.read()
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _nesting(raw) > MAX_NESTING:
+        raise invalid("body", f"nests arrays and objects more than {MAX_NESTING} deep")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise invalid("body", "must be a JSON object") from None
     if not isinstance(body, dict):
         raise invalid("body", "must be a JSON object")

@@ -117,7 +117,9 @@ SCHEMAS: dict[str, Any] = {
         description={**_nullable(TEXT), "maxLength": rules.MAX_DESCRIPTION},
         scope={"enum": [*rules.SCOPES, None], "default": "admin"},
         expires={"type": ["number", "null"], "exclusiveMinimum": 0,
-                 "description": "Unix time after which the token is refused"}),
+                 "maximum": rules.EXPIRES_MAX,
+                 "description": "Unix time after which the token is refused (finite, at "
+                                "most the end of the year 9999)"}),
     "TokenCreated": _object(["status", "id"], status={"type": "string", "enum": ["ok"]},
                             id={"type": "integer", "minimum": 1},
                             token={"type": "string"}),
@@ -171,7 +173,8 @@ AUDIT_PARAMS = [
     _query_param("until", {"type": "string", "pattern": ISO_TIME}),
     _query_param("container", NAME),
     _query_param("actor", {**TEXT, "minLength": 1, "maxLength": rules.MAX_DESCRIPTION,
-                           "description": "a token id, or part of a token's description"}),
+                           "description": "a token id (digits 0-9 only), or part of a token's "
+                                          "description"}),
     _query_param("op", {"type": "string", "enum": sorted(ops.OPS)}),
     _query_param("outcome", {"type": "string", "enum": list(ops.AUDIT_OUTCOMES)}),
     _query_param("limit", {**COUNT, "minimum": 1, "maximum": ops.AUDIT_MAX_LIMIT}),

@@ -1,7 +1,8 @@
 """The host admin's CLI (run as root): API tokens through the helper, and the audit trail.
 
 It speaks the same protocol as the frontend; as root it needs no token. A new token is
-printed exactly once, on stdout, and appears nowhere else.
+printed exactly once, on stdout, and appears nowhere else; so is the package's first token
+(`initial-token`), whose file is deleted once it has been printed.
 """
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import argparse
 import asyncio
 import datetime
 import json
+import math
+import os
+import stat
 import sys
 import uuid
 from typing import Any
@@ -18,6 +22,75 @@ from protocol import ops
 from protocol.client import HelperClient
 from protocol.config import DEFAULT_CONFIG, ConfigError
 from protocol.errors import LwpError
+
+# The first admin token, written by the package's postinst (lwp-first-token), root only.
+INITIAL_TOKEN = "initial-admin-token"  # noqa: S105 (a file name)
+REMINDER = ("lwp-admin: {path} still holds the first admin token: `lwp-admin initial-token` "
+            "prints it and deletes the file")
+
+
+class InitialTokenError(Exception):
+    """The first-token file is missing or not the root-only regular file postinst made."""
+
+
+def read_initial_token(path: str) -> str:
+    """The token in `path`: a regular file, not a link, owned by root, not group/other-readable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InitialTokenError(f"{path} does not exist: it was read and deleted already. "
+                                "`lwp-admin token add` makes a new admin token") from None
+    except OSError as exc:
+        raise InitialTokenError(f"{path}: {exc.strerror} (a symbolic link is refused)") from None
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o077:
+            raise InitialTokenError(f"{path} is not a root-only regular file (0600 root); not "
+                                    "trusted: revoke the first token and make a new one")
+        token = f.read(1024).strip()
+    if not token:
+        raise InitialTokenError(f"{path} is empty")
+    return token
+
+
+def initial_token(path: str, keep: bool) -> int:
+    """Print the first token on stdout, then delete its file unless `keep`."""
+    try:
+        token = read_initial_token(path)
+    except InitialTokenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(token, flush=True)
+    except OSError as exc:  # nobody got it (a closed pipe, a full disk): keep the file
+        print(f"error: the token could not be written ({exc.strerror}); {path} kept",
+              file=sys.stderr)
+        return 1
+    if keep:
+        print(f"lwp-admin: {path} kept (--keep); delete it once the token is stored elsewhere",
+              file=sys.stderr)
+    else:
+        os.unlink(path)
+        print(f"lwp-admin: {path} deleted; the token stays valid until revoked "
+              "(`lwp-admin token list`, `lwp-admin token revoke ID`)", file=sys.stderr)
+    return 0
+
+
+def _remind(state_dir: str) -> None:
+    path = os.path.join(state_dir, INITIAL_TOKEN)
+    if os.path.lexists(path):
+        print(REMINDER.format(path=path), file=sys.stderr)
+
+
+def _expires_days(text: str) -> float:
+    """--expires-days: a finite positive number of days (inf/nan would never expire)."""
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(days) and 0 < days <= 36500):
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 36500 days")
+    return days
 
 
 def _when(ts: float | None) -> str:
@@ -56,14 +129,21 @@ def main(argv: list[str] | None = None) -> int:
     add = token.add_parser("add", help="create a token and print it once")
     add.add_argument("--scope", choices=("read", "operate", "admin"), default="admin")
     add.add_argument("--description", default="")
-    add.add_argument("--expires-days", type=float)
+    add.add_argument("--expires-days", type=_expires_days)
     token.add_parser("list", help="list tokens (never their secrets)")
     revoke = token.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("id", type=int)
+    first = area.add_parser(
+        "initial-token", help="print the first admin token (made by the package) and delete "
+        "its file")
+    first.add_argument("--keep", action="store_true", help="print it but keep the file")
     audit_cli.add_parser(area)
     args = parser.parse_args(argv)
     try:
         cfg = config.load(args.config)
+        if args.area == "initial-token":
+            return initial_token(os.path.join(cfg.state_dir, INITIAL_TOKEN), args.keep)
+        _remind(cfg.state_dir)
         if args.area == "audit":
             return audit_cli.run(args, cfg)
         result = asyncio.run(_call(cfg.socket, _request(args)))

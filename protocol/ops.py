@@ -109,8 +109,8 @@ class CreateToken:
             rules.token_secret(self.token, TOKEN_FLOOR)
         rules.description(self.description)
         rules.scope_name(self.scope)
-        if self.expires is not None and not self.expires > 0:
-            raise invalid("expires", "must be a positive Unix time")
+        if self.expires is not None:
+            rules.expires(self.expires)
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class RevokeToken:
             raise invalid("token", "give exactly one of token or id")
         if self.token is not None:
             rules.token_secret(self.token, 1)
-        if self.id is not None and self.id < 1:
+        if self.id is not None and not 1 <= self.id <= rules.ID_MAX:
             raise invalid("id", "must be a positive integer")
 
 
@@ -172,13 +172,15 @@ class QueryAudit:
         if self.actor is not None and (not 0 < len(self.actor) <= rules.MAX_DESCRIPTION
                                        or not self.actor.isprintable()):
             raise invalid("actor", "must be a token id or 1-256 printable characters")
+        if self.actor is not None and self.actor.isdigit() and not self.actor.isascii():
+            raise invalid("actor", "a token id is written with the digits 0-9")
         if self.op is not None and self.op not in OPS:
             raise invalid("op", "must be the name of an operation")
         if self.outcome is not None and self.outcome not in AUDIT_OUTCOMES:
             raise invalid("outcome", f"must be one of {', '.join(AUDIT_OUTCOMES)}")
         if not 1 <= self.limit <= AUDIT_MAX_LIMIT:
             raise invalid("limit", f"must be 1-{AUDIT_MAX_LIMIT}")
-        if self.cursor is not None and self.cursor < 0:
+        if self.cursor is not None and not 0 <= self.cursor <= rules.ID_MAX:
             raise invalid("cursor", "must be a non-negative integer")
 
 

@@ -6,6 +6,7 @@ as a template argument (it can never be read as an option of liblxc or of the te
 """
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from collections.abc import Sequence
@@ -31,6 +32,12 @@ TOKEN_MAX = 256
 # Tokens travel in URLs and headers: printable ASCII without separators that need escaping.
 TOKEN_RE = re.compile(r"[A-Za-z0-9_.~+/=-]+")
 SCOPES = ("read", "operate", "admin")
+# A token's expiry: a Unix time after 1970 and before the year 10000 (what datetime, SQLite's
+# REAL and JSON all represent); inf or nan would be a token that never expires or cannot be
+# compared, and a token list that is not valid JSON.
+EXPIRES_MAX = 253402300799.0
+# Ids (token ids, audit seqs) fit SQLite's INTEGER.
+ID_MAX = 2**63 - 1
 
 
 def shown(value: object) -> str:
@@ -131,6 +138,28 @@ def token_secret(value: str, min_length: int, field: str = "token") -> str:
     if not TOKEN_RE.fullmatch(value):
         raise invalid(field, "may contain only letters, digits and _ . ~ + / = -")
     return value
+
+
+def token_shaped(value: str) -> bool:
+    """Whether a presented token could be one at all (a header may carry any bytes)."""
+    return len(value) <= TOKEN_MAX and TOKEN_RE.fullmatch(value) is not None
+
+
+def ascii_digits(value: str) -> bool:
+    """0-9 only: str.isdigit() also takes '²' and '٣', which int() refuses or reads otherwise."""
+    return value.isascii() and value.isdigit()
+
+
+def expires(value: float) -> float:
+    """A token's expiry: a finite Unix time in (0, EXPIRES_MAX]."""
+    try:
+        when = float(value)  # an int as long as JSON allows is no float: OverflowError
+    except OverflowError:
+        when = math.inf
+    if not (math.isfinite(when) and 0 < when <= EXPIRES_MAX):
+        raise invalid("expires", f"must be a Unix time after 0 and at most {EXPIRES_MAX:.0f} "
+                                 "(the year 9999)")
+    return when
 
 
 def scope_name(value: str) -> str:

@@ -6,11 +6,14 @@ a file named on the command line, never passed as an argument, so it shows up in
 """
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import os
 import pwd
+import socket
 import stat
+import subprocess
 import sys
 import time
 import urllib.error
@@ -95,6 +98,85 @@ def proc(pid: int) -> dict[str, object]:
     return fields
 
 
+def port_holders(port: int) -> list[dict[str, object]]:
+    """Processes holding a socket that listens on `port`: /proc/net/tcp{,6} inodes, /proc/*/fd."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.readlines()[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    found: list[dict[str, object]] = []
+    for pid in sorted((p for p in os.listdir("/proc") if p.isascii() and p.isdigit()), key=int):
+        try:
+            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            if links & inodes:
+                with open(f"/proc/{pid}/comm") as f:
+                    found.append({"pid": int(pid), "comm": f.read().strip(),
+                                  "uid": os.stat(f"/proc/{pid}").st_uid})
+        except OSError:
+            continue
+    return found
+
+
+# How a squatter might try to take a port: plain, with SO_REUSEADDR, with SO_REUSEPORT, and on
+# the wildcard address (which covers loopback too).
+BIND_ATTEMPTS = {"plain": ("127.0.0.1", ()), "reuseaddr": ("127.0.0.1", (socket.SO_REUSEADDR,)),
+                 "reuseport": ("127.0.0.1", (socket.SO_REUSEPORT,)),
+                 "wildcard+reuse": ("0.0.0.0",  # noqa: S104 (a squatter's try)
+                                    (socket.SO_REUSEADDR, socket.SO_REUSEPORT))}
+
+
+def bind_as(user: str, port: int) -> dict[str, str]:
+    """Try every BIND_ATTEMPTS as `user` (a forked child that dropped to it): errno names."""
+    entry = pwd.getpwnam(user)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            out = {}
+            for name, (host, options) in BIND_ATTEMPTS.items():
+                with socket.socket() as s:
+                    for option in options:
+                        s.setsockopt(socket.SOL_SOCKET, option, 1)
+                    try:
+                        s.bind((host, port))
+                        s.listen(1)
+                        out[name] = "bound"
+                    except OSError as exc:
+                        out[name] = errno.errorcode.get(exc.errno or 0, str(exc))
+            os.write(write_end, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    result: dict[str, str] = json.loads(text)
+    return result
+
+
+def restart_curl(times: int, unit: str, url: str, curl_config: str) -> list[dict[str, object]]:
+    """`systemctl restart unit` then at once one curl (no retry, no sleep), `times` over."""
+    rounds: list[dict[str, object]] = []
+    for _ in range(times):
+        started = time.monotonic()
+        restart = subprocess.run(["systemctl", "restart", unit], capture_output=True, text=True)
+        restarted = time.monotonic()
+        curl = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                               "--max-time", "30", "-K", curl_config, url],
+                              capture_output=True, text=True)
+        rounds.append({"restart_rc": restart.returncode, "restart_s": round(restarted - started, 3),
+                       "curl_rc": curl.returncode, "http": curl.stdout.strip(),
+                       "curl_s": round(time.monotonic() - restarted, 3),
+                       "error": (restart.stderr + curl.stderr).strip()[-300:]})
+    return rounds
+
+
 def main(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "http":
@@ -108,6 +190,12 @@ def main(argv: list[str]) -> int:
         result = stat_paths(args)
     elif cmd == "proc":
         result = proc(int(args[0]))
+    elif cmd == "port-holders":
+        result = port_holders(int(args[0]))
+    elif cmd == "bind-as":
+        result = bind_as(args[0], int(args[1]))
+    elif cmd == "restart-curl":
+        result = restart_curl(int(args[0]), args[1], args[2], args[3])
     else:
         print(f"unknown command {cmd}", file=sys.stderr)
         return 2

@@ -4,9 +4,11 @@ Builds the package twice (the version in debian/changelog and a higher one), mak
 root with debootstrap (cached in /var/cache/lwp-deb-test/), installs the package there with apt
 so its dependencies come from the archive, boots that root as an LXC system container in an
 lxcpath of the test's own (/var/tmp/lwp-deb-test, no network: lxc.net.0.type = empty) and then,
-inside it: 1 units, socket and users; 2 the API with the postinst token; 3 a nested busybox
+inside it: 1 units, socket and users, the frontend's port held by systemd (pid 1) and not
+bindable by another user; 2 the API with the postinst token; 3 a nested busybox
 container made and started through the API, which must not inherit the helper's sandbox;
-4 restarts of both services leave it running; 5 an upgrade keeps tokens, config, audit trail and
+4 restarts of both services leave it running, and `systemctl restart lwp-frontend` then curl
+answers 20 times out of 20; 5 an upgrade keeps tokens, config, audit trail and
 the container; 6 a purge leaves no file of the package behind. Exits non-zero on any failure.
 
 Run as root with /usr/bin/python3 (python3-lxc). Touches no container but its own.
@@ -45,7 +47,10 @@ NESTED = "bb1"
 EXPOSURE_LIMITS = {"lwp-frontend.service": 1.5, "lwp-helperd.service": 5.0}
 # Paths under the test root that are not its persistent file system (or are the test's own).
 SNAPSHOT_SKIP = ("proc", "sys", "dev", "run", "tmp")
-TEST_OWN = ("/root/debs", "/root/lwp-probe.py", "/root/second-token")
+CURL_CONFIG = "/root/curl-token.conf"  # curl -K: the token in a header, not in argv
+TEST_OWN = ("/root/debs", "/root/lwp-probe.py", "/root/second-token", CURL_CONFIG)
+PORT = 5000
+RESTARTS = 20
 
 T0 = time.monotonic()
 
@@ -197,7 +202,8 @@ def sha256(path: Path) -> str:
 
 
 def chroot_install(rootfs: Path, deb: Path, logs: Path) -> str:
-    """apt-get install the package (and busybox-static, for the test only) in the chroot."""
+    """apt-get install the package (and busybox-static and curl, for the test only) in the
+    chroot."""
     debs = rootfs / "root/debs"
     debs.mkdir(parents=True, exist_ok=True)
     shutil.copy2(deb, debs / deb.name)
@@ -216,7 +222,8 @@ def chroot_install(rootfs: Path, deb: Path, logs: Path) -> str:
         chroot = ["chroot", str(rootfs)]
         run([*chroot, "apt-get", "update", "-q"], env=clean_env())
         proc = run([*chroot, "apt-get", "install", "-y", "-q", f"/root/debs/{deb.name}",
-                    "busybox-static"], env=clean_env(), log_file=logs / "chroot-install.log")
+                    "busybox-static", "curl"], env=clean_env(),
+                   log_file=logs / "chroot-install.log")
         # Only the archive cache is kept; lists are refreshed each run.
         run([*chroot, "apt-get", "clean"], env=clean_env(), check=False)
     finally:
@@ -356,8 +363,8 @@ def wait_booted(ins: Inside) -> None:
 
 
 def step_units(ins: Inside) -> None:
-    states = ins.active("lwp-helperd.socket", "lwp-frontend.service")
-    R.check("lwp-helperd.socket and lwp-frontend.service active",
+    states = ins.active("lwp-helperd.socket", "lwp-frontend.socket", "lwp-frontend.service")
+    R.check("lwp-helperd.socket, lwp-frontend.socket and lwp-frontend.service active",
             all(v == "active" for v in states.values()), states)
     expected = {
         "/run/lwp": ("dir", "root", "lwp", "0750"),
@@ -393,6 +400,27 @@ def step_units(ins: Inside) -> None:
                if (ins.rootfs / "usr/lib/python3/dist-packages" / p).exists()]
     R.check("modules only in the private /usr/lib/lxc-web-panel", not in_site and
             (ins.rootfs / "usr/lib/lxc-web-panel/helperd/__main__.py").exists(), in_site)
+
+
+def step_port(ins: Inside) -> None:
+    """systemd holds the frontend's port from boot; with the frontend stopped nobody can take it."""
+    holders = ins.probe("port-holders", str(PORT))
+    R.check(f"port {PORT} is held by systemd (pid 1) and the frontend",
+            {h["pid"] for h in holders} == {1, ins.main_pid("lwp-frontend.service")}, holders)
+    ins.out(["systemctl", "stop", "lwp-frontend.service"])
+    R.check("lwp-frontend.service stopped, lwp-frontend.socket still listening",
+            ins.active("lwp-frontend.service", "lwp-frontend.socket")
+            == {"lwp-frontend.service": "inactive", "lwp-frontend.socket": "active"})
+    holders = ins.probe("port-holders", str(PORT))
+    R.check(f"with no frontend running, port {PORT} is held by pid 1 (systemd) only",
+            [(h["pid"], h["uid"]) for h in holders] == [(1, 0)], holders)
+    attempts = ins.probe("bind-as", "nobody", str(PORT))
+    R.check(f"user nobody cannot bind port {PORT} (plain, SO_REUSEADDR, SO_REUSEPORT, 0.0.0.0)",
+            set(attempts.values()) == {"EADDRINUSE"}, attempts)
+    res = ins.wait_api()
+    R.check("the first request starts the frontend (socket activation) and is answered",
+            res["status"] == 200 and ins.active("lwp-frontend.service")["lwp-frontend.service"]
+            == "active", res)
 
 
 def step_list(ins: Inside) -> None:
@@ -482,6 +510,21 @@ def step_restarts(ins: Inside, state: dict[str, Any]) -> None:
             R.check(f"{NESTED} still RUNNING, same init pid, after restarting {unit}",
                     info["body"].get("state") == "RUNNING"
                     and int(info["body"].get("pid", 0)) == state["pid"], info)
+    # A script that restarts the frontend and calls curl at once must get an answer, every time:
+    # the socket stays open in systemd while the frontend restarts, so curl waits, not fails.
+    token = (ins.rootfs / TOKEN_FILE.lstrip("/")).read_text().strip()
+    conf = ins.rootfs / CURL_CONFIG.lstrip("/")
+    conf.touch(mode=0o600)
+    conf.write_text(f'header = "Private-Token: {token}"\n')
+    started = time.monotonic()
+    rounds = ins.probe("restart-curl", str(RESTARTS), "lwp-frontend.service",
+                       f"{API}/containers", CURL_CONFIG)
+    took = time.monotonic() - started
+    good = [r for r in rounds if r["restart_rc"] == 0 and r["curl_rc"] == 0 and r["http"] == "200"]
+    slowest = max((float(r["curl_s"]) for r in rounds), default=0.0)
+    R.check(f"`systemctl restart lwp-frontend.service && curl` (no sleep, no retry) answered 200 "
+            f"{len(good)}/{RESTARTS} times ({took:.1f} s in all, slowest curl {slowest:.2f} s)",
+            len(good) == RESTARTS, [r for r in rounds if r not in good] or rounds[:2])
     # Socket activation: with the helper stopped, the next request starts it again.
     ins.out(["systemctl", "stop", "lwp-helperd.service"])
     res = ins.wait_api()
@@ -532,7 +575,7 @@ def step_upgrade(ins: Inside, deb2: Path, state: dict[str, Any]) -> None:
     version = ins.out(["dpkg-query", "-W", "-f=${Version}", "lxc-web-panel"]).strip()
     R.check("installed version is the rebuilt one", deb2.name.startswith(
         f"lxc-web-panel_{version}_"), version)
-    states = ins.active("lwp-helperd.socket", "lwp-frontend.service")
+    states = ins.active("lwp-helperd.socket", "lwp-frontend.socket", "lwp-frontend.service")
     R.check("units active after the upgrade", all(v == "active" for v in states.values()), states)
     R.check("edited lwp.toml kept as edited", conf.read_text() == edited)
     R.check("token key unchanged", sha256(rootfs / "var/lib/lwp/token.key") == key_before)
@@ -644,7 +687,7 @@ def step_reinstall(ins: Inside, deb2: Path, state: dict[str, Any]) -> None:
     R.must(f"apt-get install {deb2.name} on the running system", rc == 0, (out + err)[-1500:])
     R.check("postinst said where the first token is",
             f"the first admin API token is in {TOKEN_FILE}" in out + err)
-    states = ins.active("lwp-helperd.socket", "lwp-frontend.service")
+    states = ins.active("lwp-helperd.socket", "lwp-frontend.socket", "lwp-frontend.service")
     R.check("postinst started the units", all(v == "active" for v in states.values()), states)
     got = ins.probe("stat", TOKEN_FILE)[TOKEN_FILE]
     R.check(f"{TOKEN_FILE} is file root:root 0600", (got.get("type"), got.get("user"),
@@ -661,6 +704,17 @@ def step_reinstall(ins: Inside, deb2: Path, state: dict[str, Any]) -> None:
         state.setdefault("tokens", []).append(token)
     else:
         R.check("the new token is not in apt's output", False)
+    # lwp-admin hands the first token over once and deletes its file; until then, it reminds.
+    rc, out, err = ins.run(["lwp-admin", "token", "list"])
+    R.check("lwp-admin token list reminds that the first-token file is still there",
+            rc == 0 and "lwp-admin initial-token" in err, err.strip())
+    rc, out, err = ins.run(["lwp-admin", "initial-token"])
+    R.check("lwp-admin initial-token prints the first token alone and deletes its file",
+            rc == 0 and out == token + "\n" and token not in err
+            and not (ins.rootfs / TOKEN_FILE.lstrip("/")).exists(), err.strip())
+    rc, out, err = ins.run(["lwp-admin", "token", "list"])
+    R.check("no reminder once the file is gone", rc == 0 and "initial-token" not in err,
+            err.strip())
 
 
 def main() -> int:
@@ -706,6 +760,7 @@ def main() -> int:
         R.timings[R.step] = time.monotonic() - started
         steps: list[tuple[str, Callable[[], None]]] = [
             ("1 units, socket, users", partial(step_units, ins)),
+            ("   the frontend's port is systemd's", partial(step_port, ins)),
             ("2 list containers with the postinst token", partial(step_list, ins)),
             ("3 nested busybox container through the API", partial(step_nested, ins, state)),
             ("4 restart helper and frontend", partial(step_restarts, ins, state)),
