@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from protocol import ops
+from protocol import ops, rules
 from protocol.errors import LwpError
 
 log = logging.getLogger("lwp.helperd.audit")
@@ -758,7 +758,7 @@ def _matches(record: dict[str, Any], q: ops.QueryAudit, since: str | None,
 
 
 def _actor_matches(actor: dict[str, Any], wanted: str) -> bool:
-    if wanted.isdigit():
+    if rules.ascii_digits(wanted):
         return actor.get("token_id") == int(wanted)
     return wanted.lower() in str(actor.get("description", "")).lower()
 

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from protocol import rules
+
 log = logging.getLogger("lwp.helperd.monitor")
 
 # liblxc 5.0.2, src/lxc/commands.h: lxc_cmd_t values used here.
@@ -395,7 +397,7 @@ def halt_signal(pid: int, configured: str) -> int:
 
 def _signal_number(text: str) -> int:
     text = text.strip().upper()
-    if text.isdigit():
+    if rules.ascii_digits(text):
         return int(text)
     base, _, offset = text.partition("+")
     if base in ("SIGRTMIN", "RTMIN"):
