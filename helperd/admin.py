@@ -17,7 +17,7 @@ import sys
 import uuid
 from typing import Any
 
-from helperd import audit, audit_cli, config
+from helperd import audit, audit_cli, config, doctor
 from protocol import ops
 from protocol.client import HelperClient
 from protocol.config import DEFAULT_CONFIG, ConfigError
@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         "initial-token", help="print the first admin token (made by the package) and delete "
         "its file")
     first.add_argument("--keep", action="store_true", help="print it but keep the file")
+    area.add_parser("doctor", help="check what makes containers work or fail on this host "
+                    "(exit 1 if there is a problem)")
     audit_cli.add_parser(area)
     args = parser.parse_args(argv)
     try:
@@ -146,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         _remind(cfg.state_dir)
         if args.area == "audit":
             return audit_cli.run(args, cfg)
+        if args.area == "doctor":  # here, not through the helper: it answers when that is down
+            return print_doctor(doctor.report(cfg), args.json)
         result = asyncio.run(_call(cfg.socket, _request(args)))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
@@ -158,6 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _print(args, result)
     return 0
+
+
+def print_doctor(findings: list[dict[str, Any]], as_json: bool = False) -> int:
+    """Print the host check; 1 if any finding is a problem."""
+    if as_json:
+        print(json.dumps(findings))
+    for f in findings if not as_json else ():
+        fix = f"\n{'':10}-> {f['fix']}" if f["fix"] else ""
+        print(f"{f['status'].upper():8}  {f['check']}: {f['detail']}{fix}")
+    return 1 if any(f["status"] == doctor.PROBLEM for f in findings) else 0
 
 
 def _print(args: argparse.Namespace, result: Any) -> None:

@@ -62,7 +62,9 @@ def bridge(cfg: HelperConfig) -> list[Finding]:
         return [Finding("bridge", OK, f"{where}: no bridge needed")]
     if os.path.isdir(f"/sys/class/net/{os.path.basename(link)}/bridge"):
         return [Finding("bridge", OK, f"{where}, link {link} exists")]
-    fix = ("systemctl enable --now lxc-net (it makes lxcbr0)" if link == "lxcbr0"
+    lxc_net = ("systemctl enable --now lxc-net" if os.path.isdir("/run/systemd/system")
+               else "/usr/libexec/lxc/lxc-net start")
+    fix = (f"{lxc_net} (it makes lxcbr0)" if link == "lxcbr0"
            else f"create the bridge {link}, or change lxc.net.0.link in {cfg.default_config}")
     return [Finding("bridge", PROBLEM, f"{where}, link {link} does not exist: containers "
                     "cannot start", fix)]
