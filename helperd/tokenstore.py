@@ -11,6 +11,7 @@ import secrets
 import sqlite3
 import time
 
+from helperd import safedirs
 from protocol import tokens
 from protocol.errors import LwpError
 from protocol.tokens import TokenRecord
@@ -39,9 +40,7 @@ def _ensure_file(path: str, gid: int, make: bytes | None) -> None:
 class TokenStore:
     def __init__(self, state_dir: str, gid: int, min_length: int) -> None:
         self.min_length = min_length
-        os.makedirs(state_dir, mode=0o750, exist_ok=True)
-        os.chown(state_dir, 0, gid)
-        os.chmod(state_dir, 0o750)  # noqa: S103 — the frontend's group must traverse it
+        safedirs.ensure_dir(state_dir, gid, 0o750)  # the frontend's group must traverse it
         key_path = os.path.join(state_dir, tokens.KEY_FILE)
         _ensure_file(key_path, gid, secrets.token_bytes(tokens.KEY_BYTES))
         self.key = tokens.load_key(state_dir)
