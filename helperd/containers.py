@@ -99,7 +99,7 @@ class Containers:
         if pid < 1:  # it stopped while we looked
             return {"name": name, "state": "STOPPED", "pid": 0}
         # Not c.get_ips(): liblxc forks the whole helper for it (netaddr.py says why not).
-        ip = first_address(netaddr.addresses(pid))
+        ip = netaddr.first_address(pid)
         return {"name": name, "state": state, "pid": pid, "ip": ip,
                 "link": _config_item(c.get_config_item, "lxc.net.0.link"),
                 # Seen from the container: what it receives is what the host side sends.
