@@ -502,9 +502,9 @@ def listening_socket(cfg: HelperConfig, gid: int) -> Listener:
         sock.bind(cfg.socket)
     finally:
         os.umask(old_umask)
+    sock.listen(128)  # at once: a bound socket that refuses would look stale to a prober
     info = os.lstat(cfg.socket)
     os.chown(cfg.socket, 0, gid, follow_symlinks=False)
-    sock.listen(128)
     return Listener(sock, (cfg.socket, info.st_dev, info.st_ino))
 
 
