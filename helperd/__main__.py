@@ -12,7 +12,7 @@ import sys
 from helperd import audit, config
 from helperd.audit_forward import Forwarder
 from helperd.containers import Containers
-from helperd.server import Helper, listening_socket
+from helperd.server import Helper, Listener, claim_socket_path, listening_socket
 from helperd.tokenstore import TokenStore
 from protocol.config import DEFAULT_CONFIG, ConfigError
 
@@ -24,6 +24,7 @@ SHUTDOWN_GRACE = 60.0
 
 async def serve(cfg: config.HelperConfig) -> None:
     gid = grp.getgrnam(cfg.socket_group).gr_gid
+    claim_socket_path(cfg, gid)  # before anything else: refuses to start beside a live helper
     tokens = TokenStore(cfg.state_dir, gid, cfg.token_min_length)
     forward = Forwarder() if cfg.audit_syslog else None
     writer, in_flight = audit.open_trail(
@@ -35,8 +36,20 @@ async def serve(cfg: config.HelperConfig) -> None:
     if in_flight:
         await helper.recover(in_flight)
     helper.workers.fill()  # before the socket exists, so no worker ever holds a copy of it
-    sock = listening_socket(cfg, gid)
-    server = await asyncio.start_unix_server(helper.handle, sock=sock)
+    listener: Listener | None = None
+    try:
+        listener = listening_socket(cfg, gid)
+        await _serve_until_stopped(cfg, helper, listener)
+    finally:
+        if listener is not None:
+            listener.remove()  # else the next start meets a socket nobody answers on
+        helper.workers.close()
+        await writer.close()
+
+
+async def _serve_until_stopped(cfg: config.HelperConfig, helper: Helper,
+                               listener: Listener) -> None:
+    server = await asyncio.start_unix_server(helper.handle, sock=listener.sock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -49,8 +62,6 @@ async def serve(cfg: config.HelperConfig) -> None:
         if not await helper.drain(SHUTDOWN_GRACE):
             log.warning("requests still under way at shutdown: the next start records them "
                         "as interrupted")
-    helper.workers.close()
-    await writer.close()
 
 
 def main() -> int:
@@ -70,6 +81,9 @@ def main() -> int:
         return 2
     try:
         asyncio.run(serve(cfg))
+    except ConfigError as exc:  # found at start: a directory or socket the helper refuses
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     except (audit.AuditError, OSError) as exc:
         print(f"the audit trail cannot be opened: {exc}", file=sys.stderr)
         return 1

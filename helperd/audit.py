@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from helperd import safedirs
 from protocol import ops, rules
 from protocol.errors import LwpError
 
@@ -273,9 +274,7 @@ class Trail:
 
     def open(self) -> list[dict[str, Any]]:
         """Establish seq and chain; return the operations left in flight by the last helper."""
-        os.makedirs(self.directory, mode=DIR_MODE, exist_ok=True)
-        os.chown(self.directory, 0, self.gid)
-        os.chmod(self.directory, DIR_MODE)
+        safedirs.ensure_dir(self.directory, self.gid, DIR_MODE)  # never through a symlink
         try:
             head = read_head(self.directory)
         except AuditError as exc:  # torn by a power loss: rebuilt from the trail itself

@@ -47,6 +47,10 @@ class HelperConfig:
     op_timeouts: dict[str, float]  # per op: a deadline shorter than the default
     max_connections: int  # peer connections served at once; more are hung up on at once
     frame_timeout: float  # seconds for the rest of a frame once its length has arrived
+    # Connection limits (issue #10): no peer, not even an allowed one, can lock root out.
+    first_frame_timeout: float  # seconds a new connection has to send its first frame header
+    max_connections_per_uid: int  # connections one non-root uid may hold at once
+    root_reserved_connections: int  # of max_connections, slots only root (the CLI) may use
 
 
 def _uid(user: str) -> int:
@@ -108,6 +112,8 @@ def load(path: str | None) -> HelperConfig:
             raise ConfigError(f"helperd.template_options.{template}: {sorted(reserved)} are (or "
                               "abbreviate) options liblxc sets and can never be allowed")
         options[template] = allowed
+    max_connections = sec.get("max_connections", int, 64)
+    root_reserved = sec.get("root_reserved_connections", int, max_connections // 8)
     cfg = HelperConfig(
         socket=top.get("socket", str, config.DEFAULT_SOCKET),
         socket_group=group,
@@ -139,8 +145,12 @@ def load(path: str | None) -> HelperConfig:
         read_workers=sec.get("read_workers", int, 8),
         start_method=sec.get("start_method", str, "auto"),
         op_timeouts=_op_timeouts(sec.section("op_timeouts")),
-        max_connections=sec.get("max_connections", int, 64),
+        max_connections=max_connections,
         frame_timeout=sec.get("frame_timeout", float, 10.0),
+        first_frame_timeout=sec.get("first_frame_timeout", float, 10.0),
+        max_connections_per_uid=sec.get("max_connections_per_uid", int,
+                                        min(48, max_connections - root_reserved)),
+        root_reserved_connections=root_reserved,
     )
     for key in ("lxcpath", "templates_dir", "state_dir", "audit_dir", "audit_key_file"):
         if not os.path.isabs(getattr(cfg, key)):
@@ -158,6 +168,14 @@ def load(path: str | None) -> HelperConfig:
         raise ConfigError("helperd.max_connections: must be 1 to 4096")
     if not 0 < cfg.frame_timeout <= 300:
         raise ConfigError("helperd.frame_timeout: must be more than 0 and at most 300 seconds")
+    if not 0 < cfg.first_frame_timeout <= 300:
+        raise ConfigError("helperd.first_frame_timeout: must be more than 0 and at most 300 "
+                          "seconds")
+    if not 0 <= cfg.root_reserved_connections < cfg.max_connections:
+        raise ConfigError("helperd.root_reserved_connections: must be 0 or more and less than "
+                          "max_connections")
+    if not 1 <= cfg.max_connections_per_uid <= cfg.max_connections:
+        raise ConfigError("helperd.max_connections_per_uid: must be 1 to max_connections")
     if cfg.token_min_length < 16:
         raise ConfigError("tokens.min_length: must be at least 16")
     return cfg

@@ -149,7 +149,7 @@ class Containers:
             return stopped  # monitor.py has logged who holds the name
         host_rx, host_tx = _host_side_bytes(ifname)
         # Not c.get_ips(): liblxc forks the whole helper for it (netaddr.py says why not).
-        ip = first_address(netaddr.addresses(pid))
+        ip = netaddr.first_address(pid)
         return {"name": name, "state": state, "pid": pid, "ip": ip,
                 "link": _config_item(c.get_config_item, "lxc.net.0.link"),
                 # Seen from the container: what it receives is what the host side sends.

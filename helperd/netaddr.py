@@ -1,7 +1,9 @@
-"""A running container's addresses as liblxc's get_ips() lists them, without forking the helper.
+"""A running container's address for an info, read over netlink without forking the helper.
 
 Only a short-lived thread of its own ever enters the container's network namespace (setns
-changes the calling thread alone); any failure gives no address, never an exception.
+changes the calling thread alone); any failure gives no address, never an exception. The
+container's root chooses what the namespace holds, so one lookup reads at most MAX_DATAGRAMS
+datagrams and MAX_MESSAGES messages, and stops at the first usable address.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from itertools import islice
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("lwp.helperd")
@@ -30,10 +32,12 @@ IFLA_IFNAME = 3
 IFA_ADDRESS, IFA_LOCAL, IFA_LABEL = 1, 2, 3
 IFNAMSIZ = 16
 ADDRESS_SIZE = {socket.AF_INET: 4, socket.AF_INET6: 16}
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12  # the kernel honours a dump's filter (>= 4.20)
+FAMILIES = (socket.AF_INET, socket.AF_INET6)  # an IPv4 address is preferred, as ever
 
-# Bounds: the namespace is the container's, and its root chooses what is in it.
-MAX_ADDRESSES = 256
-MAX_DATAGRAMS = 256  # per dump: ~5,000 interfaces; a longer dump gives no address
+# Bounds for one lookup: the namespace is the container's, and its root chooses what is in it.
+MAX_DATAGRAMS = 256  # ~5,000 interfaces' worth of link dump; past it, no address
+MAX_MESSAGES = 4096  # links and addresses looked at; past it, no address
 RECV_SIZE = 65536  # twice the kernel's dump datagram (32 KiB, unless one message is larger)
 TIMEOUT = 1.0  # seconds for each read of a reply
 
@@ -41,24 +45,53 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
-def addresses(pid: int) -> list[str]:
-    """The addresses get_ips() would list for the network namespace of process `pid`: those of
-    every interface but "lo", IPv4 and IPv6 but link-local, sorted as strings (liblxc's
-    add_to_array qsorts them with strcmp); [] if they cannot be read (the process is gone, its
-    namespace with it, or setns is refused)."""
+@dataclass
+class Work:
+    """What a lookup has read so far, against its bounds (tests read the counts)."""
+
+    datagrams: int = 0
+    messages: int = 0
+    bytes: int = 0
+    max_datagrams: int = MAX_DATAGRAMS
+    max_messages: int = MAX_MESSAGES
+
+
+def first_address(pid: int, work: Work | None = None) -> str:
+    """The address an info shows for the network namespace of process `pid`: the first IPv4
+    address get_ips() would list, else the first IPv6 one, taking the interfaces in index order
+    with "lo" last and each one's addresses in the kernel's order; "" if there is none or it
+    cannot be read within the bounds (the process is gone, or setns is refused).
+
+    Which addresses count is liblxc's rule (see `address`); the order is not its strcmp order,
+    which only a read of every address could give."""
     if pid < 1:
-        return []
+        return ""
+    work = Work() if work is None else work
     try:
         with _socket_in_netns_of(pid) as s:
-            links = dict(filter(None, map(link_name, _dump(s, 1, RTM_GETLINK))))
-            found = (address(p, links) for p in _dump(s, 2, RTM_GETADDR))
-            return sorted(islice(filter(None, found), MAX_ADDRESSES))
+            return _first_usable(s, work)
     except OSError as exc:
         # A container that stopped meanwhile is routine; a refused setns is a sandbox without
         # CAP_SYS_ADMIN, and every running container would show no address.
         level = logging.WARNING if isinstance(exc, PermissionError) else logging.DEBUG
-        log.log(level, "no addresses for pid %d: %s", pid, exc)
-        return []
+        log.log(level, "no address for pid %d: %s", pid, exc)
+        return ""
+
+
+def _first_usable(s: socket.socket, work: Work) -> str:
+    links = dict(filter(None, map(link_name, _dump(s, 1, RTM_GETLINK, work))))
+    # "lo" last: a container's root may pile addresses there, and get_ips() skips them anyway.
+    order = sorted(links, key=lambda index: (links[index] == b"lo", index))
+    seq = 1
+    for family in FAMILIES:
+        for index in order:
+            seq += 1
+            # One interface's addresses of one family: the kernel filters the dump (strict
+            # checking); an older kernel sends them all, and the others are passed over.
+            for payload in _dump(s, seq, RTM_GETADDR, work, family, index):
+                if address_index(payload) == index and (found := address(payload, links)):
+                    return found  # the rest of this dump is never read
+    return ""
 
 
 def _socket_in_netns_of(pid: int) -> socket.socket:
@@ -67,6 +100,10 @@ def _socket_in_netns_of(pid: int) -> socket.socket:
     try:
         s.settimeout(TIMEOUT)
         s.connect((0, 0))  # the kernel's port: what others send is refused, not queued
+        try:
+            s.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        except OSError:
+            pass  # an older kernel: dumps are not filtered, only longer (still bounded)
     except OSError:
         s.close()
         raise
@@ -105,35 +142,45 @@ def _make_socket(netns_fd: int, made: list[socket.socket | OSError]) -> None:
         made.append(exc)
 
 
-def _dump(s: socket.socket, seq: int, kind: int) -> list[bytes]:
-    # The request's family is AF_UNSPEC (all families), as liblxc asks; the header after
-    # nlmsghdr is an ifinfomsg or an ifaddrmsg, all zeros.
-    body = bytes(IFINFOMSG.size if kind == RTM_GETLINK else IFADDRMSG.size)
+def _dump(s: socket.socket, seq: int, kind: int, work: Work, family: int = 0,
+          index: int = 0) -> Iterator[bytes]:
+    # The header after nlmsghdr is an ifinfomsg (all zeros: every link) or an ifaddrmsg
+    # asking for one family's addresses on one interface.
+    if kind == RTM_GETLINK:
+        body = bytes(IFINFOMSG.size)
+    else:
+        body = IFADDRMSG.pack(family, 0, 0, 0, index)
     s.send(NLMSG.pack(NLMSG.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
-    return read_dump(s.recvfrom, seq, REPLY[kind])
+    return read_dump(s.recvfrom, seq, REPLY[kind], work)
 
 
-def read_dump(recvfrom: Callable[[int], tuple[bytes, Any]], seq: int, kind: int) -> list[bytes]:
-    """The payloads of one dump's `kind` messages, up to its NLMSG_DONE.
+def read_dump(recvfrom: Callable[[int], tuple[bytes, Any]], seq: int, kind: int,
+              work: Work | None = None) -> Iterator[bytes]:
+    """The payloads of one dump's `kind` messages, as they come, up to its NLMSG_DONE.
 
-    Raises OSError on an NLMSG_ERROR or a dump longer than MAX_DATAGRAMS. Datagrams that are
-    not the kernel's (root in a container may write to a netlink port), messages of another
-    sequence and of another type are ignored."""
-    payloads: list[bytes] = []
-    for _ in range(MAX_DATAGRAMS):
+    Raises OSError on an NLMSG_ERROR, or once the lookup has read `work`'s bound of datagrams
+    or messages. Datagrams that are not the kernel's (root in a container may write to a
+    netlink port), messages of another sequence and of another type are ignored (and counted)."""
+    work = Work() if work is None else work
+    while work.datagrams < work.max_datagrams:
         data, sender = recvfrom(RECV_SIZE)
+        work.datagrams += 1
+        work.bytes += len(data)
         if not (isinstance(sender, tuple) and sender and sender[0] == 0):
             continue  # port id 0 is the kernel's
         for msg_kind, msg_seq, payload in messages(data):
+            work.messages += 1
+            if work.messages > work.max_messages:
+                raise OSError("the netlink dump holds more than a lookup may read")
             if msg_seq != seq:
                 continue
             if msg_kind == NLMSG_DONE:
-                return payloads
+                return
             if msg_kind == NLMSG_ERROR:
                 raise OSError("the kernel refused the netlink dump")
             if msg_kind == kind:
-                payloads.append(payload)
-    raise OSError("the netlink dump did not end")
+                yield payload
+    raise OSError("the netlink dump did not end within the datagrams a lookup may read")
 
 
 def messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
@@ -174,6 +221,11 @@ def link_name(payload: bytes) -> tuple[int, bytes] | None:
             name = _name(data)
             return None if name is None else (index, name)
     return None
+
+
+def address_index(payload: bytes) -> int | None:
+    """The interface index of an RTM_NEWADDR payload, None if it is too short to have one."""
+    return IFADDRMSG.unpack_from(payload)[4] if len(payload) >= IFADDRMSG.size else None
 
 
 def address(payload: bytes, links: dict[int, bytes]) -> str | None:

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import stat
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,13 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from helperd import audit
+from helperd import audit, safedirs
 from helperd.audit_recovery import recover
 from helperd.config import HelperConfig
 from helperd.containers import Containers
 from helperd.isolate import Workers, run_isolated
 from helperd.tokenstore import TokenStore
 from protocol import framing, ops, rules
+from protocol.config import ConfigError
 from protocol.errors import LwpError
 from protocol.limits import Buckets
 
@@ -43,6 +45,8 @@ SPACE_LOG_INTERVAL = 60.0  # seconds between log lines about the floor (each ref
 _space_logged = [-SPACE_LOG_INTERVAL]
 # The audit records of the request being executed, for `mutate` to open and annotate.
 CURRENT_CALL: contextvars.ContextVar[audit.Call] = contextvars.ContextVar("audit_call")
+# The request being executed on this connection, for `mutate` to check its token again.
+CURRENT_ENVELOPE: contextvars.ContextVar[ops.Envelope] = contextvars.ContextVar("envelope")
 
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
@@ -103,6 +107,7 @@ class Helper:
         self._trimmed = 0.0
         self._busy = 0  # requests executing now
         self._connections = 0  # peer connections being served
+        self._by_uid: dict[int, int] = {}  # the same, per peer uid
         self._drained = asyncio.Event()
         self._drained.set()
 
@@ -116,6 +121,23 @@ class Helper:
 
     # -- connection handling ------------------------------------------------------------
 
+    def _refusal(self, uid: int) -> str | None:
+        """Why a new connection from `uid` may not be served now, or None if it may.
+
+        Root (the admin CLI) may use every slot; the others stop short of the slots kept for
+        root, and each uid at its own cap, so no peer can lock root or another peer out."""
+        cfg = self.cfg
+        if self._connections >= cfg.max_connections:
+            return f"{self._connections} connections already"
+        if uid == 0:
+            return None
+        if self._connections - self._by_uid.get(0, 0) >= (
+                cfg.max_connections - cfg.root_reserved_connections):
+            return "the remaining connections are kept for root"
+        if self._by_uid.get(uid, 0) >= cfg.max_connections_per_uid:
+            return f"uid {uid} has {cfg.max_connections_per_uid} connections already"
+        return None
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
@@ -125,19 +147,33 @@ class Helper:
             log.warning("refused connection from uid %d pid %d: not an allowed peer", uid, pid)
             writer.close()
             return
-        if self._connections >= self.cfg.max_connections:
+        refusal = self._refusal(uid)
+        if refusal is not None:
             # Even an allowed peer (a frontend gone wrong) may not tie up the helper.
-            log.warning("refused connection from uid %d pid %d: %d connections already",
-                        uid, pid, self._connections)
+            log.warning("refused connection from uid %d pid %d: %s", uid, pid, refusal)
             writer.close()
             return
         self._connections += 1
+        self._by_uid[uid] = self._by_uid.get(uid, 0) + 1
+        # Only a connection's first header has a deadline: a connection that never asks holds
+        # a slot for nothing. Later ones have none, so the frontend's pooled connections may
+        # idle between requests (a close racing a request on it would lose that request).
+        first_frame: float | None = self.cfg.first_frame_timeout
         try:
             while True:
                 try:
-                    header = await reader.readexactly(framing.HEADER.size)
+                    if first_frame is None:  # the hot path: no timer at all
+                        header = await reader.readexactly(framing.HEADER.size)
+                    else:
+                        async with asyncio.timeout(first_frame):
+                            header = await reader.readexactly(framing.HEADER.size)
+                        first_frame = None
                 except asyncio.IncompleteReadError:
                     return  # a clean hang-up between frames
+                except TimeoutError:
+                    log.info("closed a connection from uid %d pid %d: no request within %g s",
+                             uid, pid, self.cfg.first_frame_timeout)
+                    return
                 obj: object = None
                 try:
                     length = framing.body_length(header)
@@ -158,6 +194,7 @@ class Helper:
                     return
                 self._busy += 1
                 self._drained.clear()
+                CURRENT_ENVELOPE.set(envelope)  # for `mutate` to check its token again
                 try:
                     reply = await self.execute(envelope, peer)
                 finally:
@@ -175,6 +212,9 @@ class Helper:
             return
         finally:
             self._connections -= 1
+            self._by_uid[uid] -= 1
+            if not self._by_uid[uid]:
+                del self._by_uid[uid]
             writer.close()
 
     async def execute(self, envelope: ops.Envelope, peer: Peer) -> dict[str, Any]:
@@ -328,6 +368,20 @@ class Helper:
                 if slot.users == 0:
                     del self._locks[name]
 
+    def _still_authorized(self, op: ops.Op) -> None:
+        """Verify the request's token again; unknown provenance is refused (fails closed)."""
+        envelope = CURRENT_ENVELOPE.get(None)
+        if envelope is None:
+            raise LwpError("unauthorized", "Unauthorized")
+        if envelope.token is None:
+            return  # root's admin CLI: allowed by its peer uid, which cannot change
+        record = self.tokens.verify(envelope.token)
+        if record is None:
+            raise LwpError("unauthorized", "Unauthorized: the token was revoked or expired "
+                                           "while the change waited for the container")
+        if not rules.scope_allows(record.scope, op.scope):
+            raise LwpError("forbidden", "Forbidden")
+
     async def mutate(self, request: Any, *names: str, deadline: float | None = None,
                      on_timeout: Callable[[bool], None] | None = None) -> dict[str, str]:
         """Run a container change in a worker process, holding the containers' locks.
@@ -338,6 +392,9 @@ class Helper:
         limit = self.deadline(op.name) if deadline is None else deadline
         call = CURRENT_CALL.get()
         async with self.locked(*names):
+            # The wait for the lock may have been long (a create ahead of this change): the
+            # token must still be good when the change begins, not only when it was asked.
+            self._still_authorized(op)
             # The start record is durable before liblxc is touched; whether the target
             # existed lets a recovery tell a create's own remains from someone else's.
             preexisting = os.path.lexists(
@@ -440,26 +497,82 @@ ALLOWED: dict[str, Handler] = {
 }
 
 
-def listening_socket(cfg: HelperConfig, gid: int) -> socket.socket:
+@dataclass(frozen=True)
+class Listener:
+    """The socket the helper serves, and the file it bound (None: systemd's, not its own)."""
+
+    sock: socket.socket
+    made: tuple[str, int, int] | None = None  # path, st_dev, st_ino of the file it bound
+
+    def remove(self) -> None:
+        """Unlink the socket file this helper made, if it is still that file (at exit)."""
+        if self.made is None:
+            return
+        path, dev, ino = self.made
+        with contextlib.suppress(FileNotFoundError):
+            info = os.lstat(path)
+            if (info.st_dev, info.st_ino) == (dev, ino):
+                os.unlink(path)
+
+
+def _socket_activated() -> bool:
+    return (os.environ.get("LISTEN_PID") == str(os.getpid())
+            and os.environ.get("LISTEN_FDS") == "1")
+
+
+def claim_socket_path(cfg: HelperConfig, gid: int) -> None:
+    """Make the socket's directory (0750 root:gid; a symlink there is refused) and clear a
+    stale socket; refuse to start if a live helper answers on it. Run first of all: a second
+    helper must not open the trail and "recover" the first one's operations in flight."""
+    if _socket_activated():
+        return  # systemd holds the socket: there is nothing of ours to claim
+    # The frontend's group must traverse the directory.
+    safedirs.ensure_dir(os.path.dirname(cfg.socket), gid, 0o750)
+    _clear_stale(cfg.socket)
+
+
+def listening_socket(cfg: HelperConfig, gid: int) -> Listener:
     """The socket systemd passed us (socket activation), or one we make: 0660 root:gid in 0750."""
-    if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
+    if _socket_activated():
         sock = socket.socket(fileno=3)
         if sock.family != socket.AF_UNIX:
             raise RuntimeError("the socket systemd passed is not a Unix socket")
-        return sock
-    directory = os.path.dirname(cfg.socket)
-    os.makedirs(directory, mode=0o750, exist_ok=True)
-    os.chown(directory, 0, gid)
-    os.chmod(directory, 0o750)  # noqa: S103 — the frontend's group must traverse it
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(cfg.socket)
+        return Listener(sock)
+    claim_socket_path(cfg, gid)  # again: cheap, and the path is checked right before the bind
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)  # never world-connectable, not even for an instant
+    old_umask = os.umask(0o117)  # 0660 from the start, root:root until the chown: never others'
     try:
         sock.bind(cfg.socket)
     finally:
         os.umask(old_umask)
-    os.chown(cfg.socket, 0, gid)
-    os.chmod(cfg.socket, 0o660)
-    sock.listen(128)
-    return sock
+    sock.listen(128)  # at once: a bound socket that refuses would look stale to a prober
+    info = os.lstat(cfg.socket)
+    os.chown(cfg.socket, 0, gid, follow_symlinks=False)
+    return Listener(sock, (cfg.socket, info.st_dev, info.st_ino))
+
+
+STALE_PROBE_TIMEOUT = 2.0  # seconds: a live helper accepts at once, even when busy
+
+
+def _clear_stale(path: str) -> None:
+    """Remove a socket left by a helper that is gone; refuse to start beside a live one, or
+    over anything that is not a socket."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConfigError(f"{path}: exists and is not a socket; refusing to replace it")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(STALE_PROBE_TIMEOUT)
+        try:
+            probe.connect(path)
+        except FileNotFoundError:
+            return  # gone meanwhile
+        except ConnectionRefusedError:
+            os.unlink(path)  # nothing listens: a helper that stopped without removing it
+            return
+        except OSError:
+            pass  # a timeout (a full backlog) is a live listener too
+    raise ConfigError(f"{path}: another helper is serving on this socket; stop it first "
+                      "(the helper does not take over a live socket)")

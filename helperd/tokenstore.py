@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from helperd import safedirs
 from protocol import tokens
 from protocol.errors import LwpError
 from protocol.tokens import TokenRecord
@@ -42,12 +43,6 @@ INSERT = (f"INSERT INTO tokens ({tokens.COLUMNS}) "  # noqa: S608 — constants 
 def private_path(state_dir: str) -> str:
     """The helper's own database (never the frontend's: it reads the published snapshot)."""
     return os.path.join(state_dir, PRIVATE_DIR, tokens.DB_FILE)
-
-
-def _ensure_dir(path: str, gid: int, mode: int) -> None:
-    os.makedirs(path, mode=mode, exist_ok=True)
-    os.chown(path, 0, gid, follow_symlinks=False)
-    os.chmod(path, mode, follow_symlinks=False)
 
 
 def _ensure_file(path: str, gid: int, make: bytes) -> None:
@@ -120,11 +115,11 @@ class TokenStore:
     def __init__(self, state_dir: str, gid: int, min_length: int) -> None:
         self.min_length = min_length
         self.gid = gid
-        _ensure_dir(state_dir, gid, 0o750)  # the frontend's group must traverse it
+        safedirs.ensure_dir(state_dir, gid, 0o750)  # the frontend's group must traverse it
         key_path = os.path.join(state_dir, tokens.KEY_FILE)
         _ensure_file(key_path, gid, secrets.token_bytes(tokens.KEY_BYTES))
         self.key = tokens.load_key(state_dir)
-        _ensure_dir(os.path.join(state_dir, PRIVATE_DIR), 0, 0o700)
+        safedirs.ensure_dir(os.path.join(state_dir, PRIVATE_DIR), 0, 0o700)
         self.path = private_path(state_dir)
         self.snapshot = tokens.snapshot_path(state_dir)
         if not os.path.exists(self.path) and os.path.exists(self.snapshot):

@@ -355,3 +355,26 @@ def _reply(sock: socket.socket) -> bytes:
             return b""
         data += chunk
     return data[4:]
+
+
+@pytest.mark.parametrize("keys,named", [
+    ("root_reserved_connections = 64", "root_reserved_connections"),
+    ("root_reserved_connections = -1", "root_reserved_connections"),
+    ("max_connections_per_uid = 0", "max_connections_per_uid"),
+    ("max_connections_per_uid = 65", "max_connections_per_uid"),
+    ("first_frame_timeout = 0", "first_frame_timeout"),
+    ("first_frame_timeout = 301", "first_frame_timeout")])
+def test_connection_limits_out_of_range_are_a_config_error(tmp_path: Any, keys: str,
+                                                           named: str) -> None:
+    from helperd import config
+    from protocol.config import ConfigError
+    with pytest.raises(ConfigError, match=named):
+        config.load(write_config(str(tmp_path), helperd=keys))
+
+
+def test_connection_limits_default_to_fit_max_connections(tmp_path: Any) -> None:
+    from helperd import config
+    shipped = config.load(write_config(str(tmp_path)))
+    assert (shipped.max_connections_per_uid, shipped.root_reserved_connections) == (48, 8)
+    small = config.load(write_config(str(tmp_path), helperd="max_connections = 3"))
+    assert (small.max_connections_per_uid, small.root_reserved_connections) == (3, 0)
