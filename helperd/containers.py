@@ -431,12 +431,6 @@ def _host_side_bytes(ifname: str) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
-def first_address(ips: list[str]) -> str:
-    """The first IPv4 address, else the first IPv6 address, whole (the reference kept the
-    last one and cut IPv6 at the first colon)."""
-    return next((a for a in ips if ":" not in a), ips[0] if ips else "")
-
-
 def _log_to_output(c: Any) -> None:
     for key, value in zip(LOG_KEYS, OP_LOG, strict=True):
         c.set_config_item(key, value)

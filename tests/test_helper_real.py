@@ -184,14 +184,6 @@ async def test_network_fields_of_a_container_on_a_veth(api: Any, admin: dict[str
                                    size(counter("tx_bytes") + counter("rx_bytes")))
 
 
-@pytest.mark.parametrize("ips,chosen", [
-    ([], ""), (["fe80::1"], "fe80::1"), (["2001:db8::10", "192.0.2.10"], "192.0.2.10"),
-    (["192.0.2.10", "192.0.2.11"], "192.0.2.10")])
-def test_ip_is_the_first_ipv4_else_the_first_ipv6_whole(ips: list[str], chosen: str) -> None:
-    from helperd.containers import first_address
-    assert first_address(ips) == chosen
-
-
 def test_sigterm_lets_a_create_under_way_finish() -> None:
     import signal
     import threading
