@@ -18,7 +18,7 @@ import pytest
 from helperd import admin, audit
 from helperd.audit_forward import Forwarder, encode_journal
 from protocol import ops
-from protocol.errors import CODES
+from protocol.errors import CODES, LwpError
 from tests.conftest import write_config
 
 
@@ -134,9 +134,10 @@ def test_token_ops_record_no_secret() -> None:
     assert secret not in json.dumps([made, revoked])
 
 
-def test_a_non_finite_expiry_is_recorded_as_text_not_broken_json() -> None:
-    args = audit.args_of(ops.CreateToken(expires=float("inf")))
-    assert audit.canonical(args) and args["expires"] == "inf"
+def test_a_non_finite_expiry_never_reaches_the_trail_and_would_be_text_if_it_did() -> None:
+    with pytest.raises(LwpError, match="expires"):  # refused on both sides of the socket
+        ops.CreateToken(expires=float("inf"))
+    assert audit.canonical({"expires": audit._jsonable(float("inf"))}) == b'{"expires":"inf"}'
 
 
 # -- rotation -------------------------------------------------------------------------------
