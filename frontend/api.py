@@ -21,7 +21,7 @@ from frontend.auth import QUERY_KEY, TokenReader, presented_token
 from frontend.config import Network
 from frontend.errors import HTTP_CODES, error_response
 from frontend.ratelimit import AuthFailures
-from protocol import ops, rules
+from protocol import VERSION, ops, rules
 from protocol.client import HelperClient
 from protocol.errors import LwpError, invalid
 from protocol.limits import Buckets
@@ -68,6 +68,7 @@ class Api:
             "/api/v1/tokens/id/{id}": [("DELETE", self.revoke_token_by_id)],
             "/api/v1/openapi.json": [("GET", self.openapi)],
             "/api/v1/audit": [("GET", self.query_audit)],
+            "/api/v1/host": [("GET", self.host_report)],
         }
         # Every route answers with and without a trailing slash; no redirects (the
         # reference's redirect turned a PUT into a GET). A path's methods are added one after
@@ -238,6 +239,17 @@ class Api:
         # Served to any valid token, like every /api/ path: it names no secret, but the
         # contract is that an anonymous client learns nothing about the API's paths.
         return web.json_response(openapi.document(self.token_min_length))
+
+    async def host_report(self, request: web.Request) -> web.Response:
+        """The helper's host check (as `lwp-admin doctor`), and this frontend's version: a
+        frontend not restarted after an upgrade runs other code than the helper."""
+        findings = await self.call(request, ops.HostReport())
+        same = any(f["check"] == "version" and f"lxc-web-panel {VERSION} " in f["detail"]
+                   for f in findings)
+        findings.append({"check": "frontend version", "status": "ok" if same else "warning",
+                         "detail": f"lxc-web-panel {VERSION} (frontend)",
+                         "fix": "" if same else "systemctl restart lwp-frontend"})
+        return web.json_response(findings)
 
     async def list_tokens(self, request: web.Request) -> web.Response:
         return web.json_response(await self.call(request, ops.ListTokens()))

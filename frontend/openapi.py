@@ -229,6 +229,11 @@ PATHS: dict[str, dict[str, Any]] = {
                 "parameters": AUDIT_PARAMS,
                 "responses": _responses("AuditPage", *FORWARDED, 400, 500)},
     },
+    "/api/v1/host": {
+        "get": {"operationId": "host_report",
+                "summary": "what makes containers work or fail on this host (admin tokens)",
+                "responses": _responses("HostReport", *FORWARDED)},
+    },
     "/api/v1/openapi.json": {
         "get": {"operationId": "openapi", "summary": "this document (any valid token)",
                 "responses": _responses("OpenApi", *ANY_REQUEST)},
@@ -237,6 +242,10 @@ PATHS: dict[str, dict[str, Any]] = {
 SCHEMAS["AuditPage"] = _object(
     ["records", "next_cursor"], records={"type": "array", "items": {"type": "object"}},
     next_cursor={"type": ["integer", "null"]})
+SCHEMAS["HostReport"] = {"type": "array", "items": _object(
+    ["check", "status", "detail", "fix"], check={"type": "string"},
+    status={"enum": ["ok", "warning", "problem"]}, detail={"type": "string"},
+    fix={"type": "string"})}
 SCHEMAS["TokenList"] = {"type": "array", "items": _ref("TokenRecord")}
 SCHEMAS["OpenApi"] = {"type": "object", "required": ["openapi", "paths"]}
 

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from helperd import audit, safedirs
+from helperd import audit, doctor, safedirs
 from helperd.audit_recovery import recover
 from helperd.config import HelperConfig
 from helperd.containers import Containers
@@ -479,6 +479,10 @@ async def _query_audit(h: Helper, req: ops.QueryAudit, actor: Actor) -> Any:
         raise audit.lookup_error(exc) from None
 
 
+async def _host_report(h: Helper, req: ops.HostReport, actor: Actor) -> Any:
+    return await h.read(doctor.report, h.cfg, op="host_report")
+
+
 ALLOWED: dict[str, Handler] = {
     "list_containers": _list_containers,
     "container_info": _container_info,
@@ -494,6 +498,7 @@ ALLOWED: dict[str, Handler] = {
     "revoke_token": _revoke_token,
     "list_tokens": _list_tokens,
     "query_audit": _query_audit,
+    "host_report": _host_report,
 }
 
 

@@ -132,6 +132,11 @@ class ListTokens:
     pass
 
 
+@dataclass(frozen=True)
+class HostReport:
+    """What makes containers work or fail on this host (helperd/doctor.py's findings)."""
+
+
 # What came of a request, as the audit trail records it.
 AUDIT_OUTCOMES = ("ok", "denied", "invalid", "error", "timeout", "interrupted")
 AUDIT_MAX_LIMIT = 500
@@ -186,7 +191,7 @@ class QueryAudit:
 
 Request = (ListContainers | ContainerInfo | StartContainer | StopContainer | FreezeContainer
            | UnfreezeContainer | RestartContainer | CreateContainer | CloneContainer
-           | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit)
+           | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit | HostReport)
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("revoke_token", RevokeToken, "admin", False, 30),
     Op("list_tokens", ListTokens, "admin", False, 30),
     Op("query_audit", QueryAudit, "admin", False, 60),
+    Op("host_report", HostReport, "admin", False, 60),
 )}
 OP_OF_REQUEST: dict[type, Op] = {op.request: op for op in OPS.values()}
 

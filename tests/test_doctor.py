@@ -66,3 +66,15 @@ def test_the_version_is_the_packages_everywhere() -> None:
         assert f'version = "{VERSION}"' in f.read()
     with open(os.path.join(ROOT, "packaging/deb/debian/changelog")) as f:
         assert re.match(rf"lxc-web-panel \({re.escape(VERSION)}\)", f.readline())
+
+
+async def test_the_host_report_is_for_admin_tokens_and_has_both_versions(
+        api: Any, tokens: Any) -> None:
+    r = await api.get("/api/v1/host", headers={"private-token": tokens.read})
+    assert r.status == 403
+    r = await api.get("/api/v1/host", headers={"private-token": tokens.admin})
+    assert r.status == 200, await r.text()
+    found = {f["check"]: f for f in await r.json()}
+    assert {"version", "frontend version", "cgroups", "bridge"} <= set(found)
+    assert found["frontend version"]["status"] == "ok"  # the same code on both sides
+    assert f"lxc-web-panel {VERSION} " in found["version"]["detail"]
