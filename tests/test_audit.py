@@ -482,7 +482,8 @@ async def test_a_summary_with_an_altered_count_is_caught(
 
 
 def test_reads_and_refusals_are_counted_but_changes_and_their_ends_never() -> None:
-    assert audit.READ_OPS == {"list_containers", "container_info", "list_tokens", "query_audit"}
+    assert audit.READ_OPS == {"list_containers", "container_info", "list_tokens", "query_audit",
+                              "host_report"}
     assert {"unauthorized", "forbidden", "invalid-request", "rate-limited",
             "protocol-error"} <= audit.REFUSAL_CODES
     assert not audit.REFUSAL_CODES & {"timeout", "operation-failed", "internal-error",
