@@ -20,7 +20,7 @@ from typing import Any
 
 import lxc
 
-from helperd import cgroupstats, monitor, netaddr, rootfs, templates
+from helperd import cgroupstats, lxclog, monitor, netaddr, rootfs, templates
 from helperd.config import HelperConfig
 from protocol import ops, rules
 from protocol.config import ConfigError
@@ -32,11 +32,6 @@ RUNNING = frozenset({"RUNNING", "FROZEN"})
 # Changes that copy or build a root filesystem, run niced (perform()).
 BACKGROUND = frozenset({"create_container", "clone_container"})
 BACKGROUND_NICE = 10
-# liblxc's own log, at level ERROR, for every change: into the worker's output (fd 1), where
-# isolate.py finds the cause of a failure ("bridge lxcbr0 doesn't exist") for the error
-# message, the audit record and the helper's log. liblxc opens it when it is set.
-OP_LOG = ("/proc/self/fd/1", "ERROR")
-LOG_KEYS = ("lxc.log.file", "lxc.log.level")
 # Backing stores whose rootfs is a plain directory on the host (lxc.rootfs.path "dir:PATH",
 # "btrfs:PATH" or a bare PATH): files in it can be written without mounting anything.
 DIRECTORY_STORES = frozenset({"", "dir", "btrfs"})
@@ -207,11 +202,15 @@ class Containers:
         or an upgrade of the helper. (systemctl is given an argument list: no shell.)
         """
         unit = f"lxc@{c.name}.service"  # the name rule keeps it a valid, unescaped instance
+        log = lxclog.container_log(self.cfg.lxcpath, c.name)
+        lxclog.empty(log)  # what it holds after the start is this start's
         self._systemctl("reset-failed", unit)  # a hard stop leaves the unit failed
         done = self._systemctl("start", "--no-ask-password", unit)
         if done.returncode != 0 or not self._wait_state(c.name, "RUNNING", "start"):
-            raise LwpError("operation-failed", f"could not start {unit} "
-                                               f"(see journalctl -u {unit}): {done.stderr.strip()}")
+            # lxc-start -F tells the journal nothing; the container's own log has the cause.
+            why = "; ".join(lxclog.read_causes(log)) or done.stderr.strip() \
+                or f"see journalctl -u {unit}"
+            raise LwpError("operation-failed", f"could not start {unit}: {why}")
 
     @staticmethod
     def _systemctl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -301,7 +300,7 @@ class Containers:
             _log_to_output(c)
             if not c.create(template, 0, rules.render_xargs(pairs), bdevtype=store):
                 raise LwpError("operation-failed", f"template {req.template!r} failed")
-            _save_without_log(c, req.name)  # create saved the config with it
+            _save_with_own_log(c, self.cfg.lxcpath, req.name)  # create saved this job's
 
     def clone_container(self, req: ops.CloneContainer) -> None:
         store = self._store(req.store)
@@ -317,13 +316,12 @@ class Containers:
                 raise LwpError("operation-failed", f"liblxc could not clone {req.source!r}")
             self._rename_clone(clone, req.name)
 
-    @staticmethod
-    def _rename_clone(c: Any, name: str) -> None:
+    def _rename_clone(self, c: Any, name: str) -> None:
         """What liblxc's clone does without KEEPNAME, with every rootfs path kept inside it."""
         c.clear_config_item("lxc.uts.name")
         if not c.set_config_item("lxc.uts.name", name):
             raise LwpError("operation-failed", f"cannot set the hostname of {name!r}")
-        _save_without_log(c, name)  # the clone copied the source's config, log lines too
+        _save_with_own_log(c, self.cfg.lxcpath, name)  # the clone copied the source's
         kind, _, where = _config_item(c.get_config_item, "lxc.rootfs.path").rpartition(":")
         if kind not in DIRECTORY_STORES or not os.path.isdir(where):
             # A store that must be mounted first: its hostname file keeps the source's name
@@ -432,15 +430,19 @@ def _host_side_bytes(ifname: str) -> tuple[int, int]:
 
 
 def _log_to_output(c: Any) -> None:
-    for key, value in zip(LOG_KEYS, OP_LOG, strict=True):
+    """liblxc's errors during this job go to its output, for the error message (lxclog.py)."""
+    for key, value in zip(lxclog.KEYS, (lxclog.WORKER_OUTPUT, lxclog.LEVEL), strict=True):
         c.set_config_item(key, value)
 
 
-def _save_without_log(c: Any, name: str) -> None:
-    """Save a container's config without the log lines set for this job alone."""
-    for key in LOG_KEYS:
+def _save_with_own_log(c: Any, lxcpath: str, name: str) -> None:
+    """Save a new container's config with a log of its own at level ERROR in place of this
+    job's: where lxc-start, under lxc@NAME.service, writes why a start failed."""
+    for key in lxclog.KEYS:
         c.clear_config_item(key)
-    if not c.save_config():
+    own = (lxclog.container_log(lxcpath, name), lxclog.LEVEL)
+    if not all(c.set_config_item(key, value)
+               for key, value in zip(lxclog.KEYS, own, strict=True)) or not c.save_config():
         raise LwpError("operation-failed", f"cannot save the config of {name!r}")
 
 

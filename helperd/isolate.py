@@ -14,7 +14,6 @@ import ctypes
 import fcntl
 import gc
 import os
-import re
 import signal
 import socket
 import tempfile
@@ -23,15 +22,11 @@ from typing import Any, NoReturn
 
 import msgpack
 
+from helperd import lxclog
 from protocol import framing, ops
 from protocol.errors import LwpError
 
 OUTPUT_TAIL = 600  # characters of a failed child's output that go into the error message
-OUTPUT_READ = 64 * 1024  # bytes of a job's output searched for liblxc's errors
-# A line of liblxc's log at level ERROR (containers.py sends it to the job's output):
-# "lxc web1 20261204165114.651 ERROR network - network.c:func:711 - <what went wrong>".
-LXC_LOG_LINE = re.compile(r"lxc \S+ \d{14}\.\d{3} ERROR +\S+ - \S+ - (.{1,300})")
-LXC_CAUSES = 3  # liblxc's first distinct errors quoted: the cause and what it led to
 PR_SET_PDEATHSIG = 1
 SPARE_WORKERS = 2  # workers kept waiting: enough for two changes of different containers at once
 WORKER_FD = 3  # the worker's end of its socket; every other inherited fd above 2 is closed
@@ -229,20 +224,14 @@ def _perform(job: Job, message: bytes) -> dict[str, Any]:
 
 
 def _with_tail(message: str, fd: int) -> str:
-    """`message` with why: liblxc's first errors (the cause comes first, the echoes of it
-    after), then the tail of whatever else the job printed (a template's complaint)."""
+    """`message` with why: liblxc's first errors (lxclog.py), then the tail of whatever else
+    the job printed (a template's complaint)."""
     end = os.lseek(fd, 0, os.SEEK_END)
-    head = os.pread(fd, min(end, OUTPUT_READ), 0).decode("utf-8", "replace")
+    head = os.pread(fd, min(end, lxclog.READ), 0).decode("utf-8", "replace")
     start = max(0, end - OUTPUT_TAIL * 4)
     tail = os.pread(fd, end - start, start).decode("utf-8", "replace")
-    causes: list[str] = []
-    for line in head.splitlines():
-        found = LXC_LOG_LINE.fullmatch(line.strip())
-        if found and found.group(1) not in causes:
-            causes.append(found.group(1))
-    printed = " ".join(line for line in tail.splitlines()
-                       if not LXC_LOG_LINE.fullmatch(line.strip()))
-    parts = causes[:LXC_CAUSES] + [" ".join(printed.split())[-OUTPUT_TAIL:]]
+    printed = " ".join(line for line in tail.splitlines() if not lxclog.is_log_line(line))
+    parts = lxclog.causes(head) + [" ".join(printed.split())[-OUTPUT_TAIL:]]
     detail = "; ".join(part for part in parts if part)[:OUTPUT_TAIL * 2]
     return f"{message}: {detail}" if detail else message
 
