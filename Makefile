@@ -1,8 +1,11 @@
 # The README's commands. Everything runs as root on Debian 12 with Debian's own packages.
 PY := /usr/bin/python3
 RUNTIME_DEPS := lxc python3-lxc python3-aiohttp python3-msgpack rsync busybox-static
+# lxc-templates ... distro-info: the debian template the tests enable (helperd/templates.py
+# says what lxc-debian needs each for); the shipped config leaves it off.
 TEST_DEPS := $(RUNTIME_DEPS) adduser curl iproute2 python3-pytest python3-pytest-aiohttp \
-             python3-pytest-timeout python3-mypy python3-venv python3-hypothesis openssl
+             python3-pytest-timeout python3-mypy python3-venv python3-hypothesis openssl \
+             lxc-templates debootstrap wget distro-info
 VENV := .venv
 APT := DEBIAN_FRONTEND=noninteractive apt-get
 

@@ -10,10 +10,16 @@ import os
 import pwd
 from dataclasses import dataclass
 
+from helperd import templates as host
 from protocol import config, ops, rules
 from protocol.config import ConfigError
 
 DEFAULT_TEMPLATES = ["busybox"]
+# The Debian releases a debian container may be made of, unless configured: the host's own.
+# Older ones leave security support; testing and sid change daily while lxc-debian reuses its
+# cached rootfs-<release>-<arch> for ever; trixie's systemd (257) no longer boots on the
+# legacy cgroup v1 hierarchy that Debian 12 hosts may still run.
+DEFAULT_DEBIAN_RELEASES = ["bookworm"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,10 @@ class HelperConfig:
     templates_dir: str
     templates: frozenset[str]  # templates a client may name (each must also be installed)
     template_options: dict[str, frozenset[str]]  # per template: the xargs options allowed
+    # Per template, per `choice` option of rules.TEMPLATE_VALUES: the values this host allows.
+    template_values: dict[str, dict[str, frozenset[str]]]
+    # Per template: the options the helper itself passes (rules.HELPER_OPTIONS), with values.
+    helper_options: dict[str, tuple[tuple[str, str], ...]]
     default_config: str  # the container config every create starts from
     stores: frozenset[str]
     stop_timeout: float  # clean shutdown wait before a hard stop; 0 stops hard at once
@@ -58,6 +68,61 @@ def _uid(user: str) -> int:
         return pwd.getpwnam(user).pw_uid
     except KeyError:
         raise ConfigError(f"helperd.allowed_users: no such user {user!r}") from None
+
+
+def _template_options(sec: config.Section) -> dict[str, frozenset[str]]:
+    options: dict[str, frozenset[str]] = {}
+    for template in sec.data:
+        allowed = frozenset(sec.strings(template, []))
+        reserved = {option for option in allowed if rules.reserved_option(option, template)}
+        if reserved:
+            raise ConfigError(f"{sec.where}{template}: {sorted(reserved)} are (or abbreviate) "
+                              "options liblxc or the helper sets and can never be allowed")
+        table = rules.TEMPLATE_VALUES.get(template)
+        unknown = sorted(allowed - set(table)) if table is not None else []
+        if unknown:
+            # Options without a value rule (lxc-debian's --auth-key reads a host file,
+            # --keyring and --interpreter-path name one) have no place in the allow-list.
+            raise ConfigError(f"{sec.where}{template}: {unknown} are not options the helper "
+                              f"checks values of; allowed: {sorted(table or ())}")
+        options[template] = allowed
+    return options
+
+
+def _template_values(sec: config.Section, release: str,
+                     arch: str) -> dict[str, dict[str, frozenset[str]]]:
+    """[helperd.template_values.<template>] <option> = [values]: each template of
+    rules.TEMPLATE_VALUES, each `choice` option, each value of the option's shape."""
+    defaults = {"debian": {"release": [release], "arch": [arch]}}
+    for template in sec.data:
+        if template not in rules.TEMPLATE_VALUES:
+            raise ConfigError(f"{sec.where}{template}: no template with value rules; "
+                              f"known: {sorted(rules.TEMPLATE_VALUES)}")
+    values: dict[str, dict[str, frozenset[str]]] = {}
+    for template, table in rules.TEMPLATE_VALUES.items():
+        sub = sec.section(template)
+        choices = {option for option, rule in table.items() if rule.choice}
+        extra = sorted(set(sub.data) - choices)
+        if extra:
+            raise ConfigError(f"{sub.where}{extra[0]}: not a choice option of {template!r}; "
+                              f"known: {sorted(choices)}")
+        values[template] = {}
+        for option in sorted(choices):
+            allowed = sub.strings(option, defaults.get(template, {}).get(option, []))
+            for value in allowed:
+                if not table[option].shape.fullmatch(value):
+                    raise ConfigError(f"{sub.where}{option}: {value!r} is not "
+                                      f"{table[option].what}")
+            values[template][option] = frozenset(allowed)
+    return values
+
+
+def _mirror(sec: config.Section, release: str) -> str:
+    mirror = sec.get("debian_mirror", str, "") or host.host_mirror(release)
+    if not rules.MIRROR_RE.fullmatch(mirror):
+        raise ConfigError("helperd.debian_mirror: must be an http:// or https:// URL of a "
+                          "Debian mirror (host, port, path of A-Z a-z 0-9 . _ ~ / -)")
+    return mirror
 
 
 def _op_timeouts(sec: config.Section) -> dict[str, float]:
@@ -103,15 +168,7 @@ def load(path: str | None) -> HelperConfig:
         grp.getgrnam(group)
     except KeyError:
         raise ConfigError(f"helperd.socket_group: no such group {group!r}") from None
-    options: dict[str, frozenset[str]] = {}
-    opt_sec = sec.section("template_options")
-    for template in opt_sec.data:
-        allowed = frozenset(opt_sec.strings(template, []))
-        reserved = {option for option in allowed if rules.reserved_option(option)}
-        if reserved:
-            raise ConfigError(f"helperd.template_options.{template}: {sorted(reserved)} are (or "
-                              "abbreviate) options liblxc sets and can never be allowed")
-        options[template] = allowed
+    release = DEFAULT_DEBIAN_RELEASES[0]
     max_connections = sec.get("max_connections", int, 64)
     root_reserved = sec.get("root_reserved_connections", int, max_connections // 8)
     cfg = HelperConfig(
@@ -135,7 +192,10 @@ def load(path: str | None) -> HelperConfig:
         lxcpath=sec.get("lxcpath", str, "/var/lib/lxc"),
         templates_dir=sec.get("templates_dir", str, "/usr/share/lxc/templates"),
         templates=frozenset(sec.strings("templates", DEFAULT_TEMPLATES)),
-        template_options=options,
+        template_options=_template_options(sec.section("template_options")),
+        template_values=_template_values(sec.section("template_values"), release,
+                                         host.host_arch()),
+        helper_options={"debian": (("mirror", _mirror(sec, release)),)},
         default_config=sec.get("default_config", str, "/etc/lxc/default.conf"),
         stores=frozenset(sec.strings("stores", ["dir"])),
         stop_timeout=sec.get("stop_timeout", float, 30.0),

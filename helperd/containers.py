@@ -286,12 +286,16 @@ class Containers:
     def create_container(self, req: ops.CreateContainer) -> None:
         template = self._template(req.template)
         store = self._store(req.store)
-        pairs = rules.parse_xargs(req.xargs)
+        pairs = rules.parse_xargs(req.xargs, req.template)
         allowed = self.cfg.template_options.get(req.template, frozenset())
         for option, _value in pairs:
             if option not in allowed:
                 raise invalid("xargs", f"option --{option} is not allowed for template "
                                        f"{req.template!r}")
+        templates.check_values(req.template, pairs, self.cfg.template_values)
+        # Last, after the client's: templates keep the last value given (and parse_xargs
+        # refused these options, and any prefix of them, from the client anyway).
+        pairs += self.cfg.helper_options.get(req.template, ())
         c = self._absent(req.name)
         c.clear_config()
         if not c.load_config(self.cfg.default_config):
@@ -351,7 +355,9 @@ class Containers:
                                       f"({', '.join(sorted(self.cfg.templates))})")
         path = os.path.join(self.cfg.templates_dir, f"lxc-{name}")
         if not os.access(path, os.X_OK):
-            raise invalid("template", f"{name!r} is not installed")
+            package = templates.PROVIDERS.get(name)
+            raise invalid("template", f"{name!r} is not installed" + (
+                f": apt install {package}" if package else ""))
         why = templates.missing(name)
         if why is not None:
             raise invalid("template", why)

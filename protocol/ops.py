@@ -72,7 +72,7 @@ class CreateContainer:
         rules.template_name(self.template)
         if self.store is not None:
             rules.store_name(self.store)
-        rules.parse_xargs(self.xargs)
+        rules.parse_xargs(self.xargs, self.template)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from protocol.errors import invalid
 
@@ -23,6 +24,45 @@ OPTION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 # Options liblxc passes to every template itself: templates keep the last value given, so a
 # client-supplied one would override where the rootfs is written.
 RESERVED_OPTIONS = frozenset({"path", "name", "rootfs", "mapped-uid", "mapped-gid"})
+
+# -- template option values ----------------------------------------------------------------
+# A template listed in TEMPLATE_VALUES takes only the options listed for it, each value of
+# the shape given (checked on both sides of the socket); which values of a `choice` option
+# this host allows is the helper's configuration. Templates not listed keep the generic rule
+# (plain_value) and the helper's per-template allow-list of option names.
+# Debian codenames (bookworm, trixie) and dpkg architecture names (amd64, arm64, ppc64el).
+RELEASE_RE = re.compile(r"[a-z][a-z0-9-]{1,31}")
+ARCH_RE = re.compile(r"[a-z0-9][a-z0-9-]{1,31}")
+# Debian policy 5.6.1: lower case letters, digits, + . -, at least two characters, starting
+# with a letter or digit. Bounded: the template hands them to apt-get inside the container.
+PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]{1,99}")
+MAX_PACKAGES = 32
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    shape: re.Pattern[str]
+    what: str  # what a value is, for error messages
+    choice: bool  # one value of a list this host configures (else: names, comma-separated)
+    max_items: int = 1
+
+
+TEMPLATE_VALUES: dict[str, dict[str, ValueRule]] = {
+    "debian": {
+        "release": ValueRule(RELEASE_RE, "a Debian release codename", choice=True),
+        "arch": ValueRule(ARCH_RE, "a dpkg architecture name", choice=True),
+        "packages": ValueRule(PACKAGE_RE, "Debian package names separated by commas",
+                              choice=False, max_items=MAX_PACKAGES),
+    },
+}
+# Options of a template that the helper passes itself, from its configuration, and that a
+# client may never give nor any configuration allow (nor any prefix, as RESERVED_OPTIONS):
+# lxc-debian's --mirror is where debootstrap and the container's apt fetch packages from.
+HELPER_OPTIONS: dict[str, frozenset[str]] = {"debian": frozenset({"mirror"})}
+# A mirror the helper may be configured with: http(s), host, port, path; nothing a shell, a
+# sources.list line or wget would read otherwise (the template writes it into both).
+MIRROR_RE = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]{0,200})?")
+
 # Characters of a refused client value that an error message repeats.
 QUOTE_MAX = 40
 MAX_XARGS = 32
@@ -47,12 +87,49 @@ def shown(value: object) -> str:
     return text if len(text) <= QUOTE_MAX else text[:QUOTE_MAX] + "..."
 
 
-def reserved_option(option: str) -> bool:
-    """Whether a template would read `--option` as one that liblxc sets.
+def reserved_option(option: str, template: str | None = None) -> bool:
+    """Whether a template would read `--option` as one that liblxc (or, for `template`, the
+    helper) sets.
 
     Templates parse with getopt(1), which takes any unambiguous prefix of a long option for
-    the option itself: `--pa=/x` is `--path=/x` to lxc-busybox."""
-    return any(name.startswith(option) for name in RESERVED_OPTIONS)
+    the option itself: `--pa=/x` is `--path=/x` to lxc-busybox, `--mi=x` is `--mirror=x` to
+    lxc-debian."""
+    names = RESERVED_OPTIONS | HELPER_OPTIONS.get(template or "", frozenset())
+    return any(name.startswith(option) for name in names)
+
+
+def template_value(template: str, option: str, value: str) -> str:
+    """A value of an option of a template in TEMPLATE_VALUES, checked against its shape."""
+    table = TEMPLATE_VALUES[template]
+    rule = table.get(option)
+    field = f"xargs --{option}"
+    if rule is None:
+        raise invalid("xargs", f"option --{option} does not exist for template {template!r}; "
+                               f"it takes {', '.join('--' + o for o in sorted(table))}")
+    items = value.split(",") if not rule.choice else [value]
+    if len(items) > rule.max_items:
+        raise invalid(field, f"at most {rule.max_items} items separated by commas")
+    for item in items:
+        if not rule.shape.fullmatch(item):
+            raise invalid(field, f"must be {rule.what}; {shown(item)} is not")
+    return value
+
+
+def allowed_value(option: str, value: str, allowed: frozenset[str]) -> str:
+    """A `choice` option's value, checked against the values this host allows."""
+    if value not in allowed:
+        raise invalid(f"xargs --{option}", f"{shown(value)} is not allowed here; allowed: "
+                                           f"{', '.join(sorted(allowed)) or 'none'}")
+    return value
+
+
+def host_values(template: str, pairs: Sequence[tuple[str, str]],
+                allowed: Mapping[str, frozenset[str]]) -> None:
+    """Check every `choice` option of `pairs` against the host's allowed values."""
+    for option, value in pairs:
+        rule = TEMPLATE_VALUES.get(template, {}).get(option)
+        if rule is not None and rule.choice:
+            allowed_value(option, value, allowed.get(option, frozenset()))
 
 
 def container_name(value: str, field: str = "name") -> str:
@@ -95,11 +172,13 @@ def split_xargs(value: str | Sequence[str]) -> list[str]:
     return list(value)
 
 
-def parse_xargs(words: Sequence[str]) -> tuple[tuple[str, str], ...]:
+def parse_xargs(words: Sequence[str],
+                template: str | None = None) -> tuple[tuple[str, str], ...]:
     """Turn `--opt=value` / `--opt value` words into (option, value) pairs, or refuse.
 
     Only long options with a value are accepted; short options, bare words and flags are
-    not, so every pair renders unambiguously as `--opt=value`.
+    not, so every pair renders unambiguously as `--opt=value`. For a `template` in
+    TEMPLATE_VALUES only its options are accepted, each value of its shape.
     """
     if len(words) > MAX_XARGS * 2:
         raise invalid("xargs", f"at most {MAX_XARGS} options")
@@ -118,10 +197,13 @@ def parse_xargs(words: Sequence[str]) -> tuple[tuple[str, str], ...]:
                 raise invalid("xargs", f"option --{option} needs a value")
             i += 1
             value = words[i]
-        if reserved_option(option):
+        if reserved_option(option, template):
             raise invalid("xargs", f"option --{option} is (or abbreviates) one set by the "
                                    "server and never by a client")
-        pairs.append((option, plain_value(value, f"xargs --{option}")))
+        value = plain_value(value, f"xargs --{option}")
+        if template is not None and template in TEMPLATE_VALUES:
+            value = template_value(template, option, value)
+        pairs.append((option, value))
         i += 1
     if len(pairs) > MAX_XARGS:
         raise invalid("xargs", f"at most {MAX_XARGS} options")

@@ -155,7 +155,7 @@ socket_group = "nogroup"
 allowed_users = []
 lxcpath = "{base}/lxc"
 templates_dir = "{base}/templates"
-templates = ["busybox", "recorder", "failing", "slow"]
+templates = ["busybox", "recorder", "failing", "slow", "debian"]
 default_config = "{base}/default.conf"
 stores = ["dir"]
 stop_timeout = 1
@@ -164,6 +164,9 @@ audit_dir = "{base}/audit"
 {helperd}
 [helperd.template_options]
 recorder = ["flavor", "release"]
+debian = ["release", "arch", "packages"]
+[helperd.template_values.debian]
+release = ["bookworm"]
 {extra}
 """)
     return path
@@ -176,7 +179,9 @@ def make_world() -> World:
     os.makedirs(lxcpath)
     templates = os.path.join(base, "templates")
     os.makedirs(templates)
-    os.symlink(os.path.join(REAL_TEMPLATES, "lxc-busybox"), os.path.join(templates, "lxc-busybox"))
+    for real in ("busybox", "debian"):  # debian: tests/test_debian_template.py
+        os.symlink(os.path.join(REAL_TEMPLATES, f"lxc-{real}"),
+                   os.path.join(templates, f"lxc-{real}"))
     for name, text in (("recorder", RECORDER), ("failing", FAILING), ("slow", SLOW)):
         path = os.path.join(templates, f"lxc-{name}")
         with open(path, "w") as f:

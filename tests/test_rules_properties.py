@@ -189,6 +189,85 @@ def test_the_real_getopt_keeps_liblxcs_values_after_any_accepted_xargs(examples:
     run(examples, check)
 
 
+@runs(100, 1500)
+def test_templates_without_value_rules_parse_xargs_as_before(examples: int) -> None:
+    @given(XARGS, st.sampled_from(["busybox", "recorder", "download", "ubuntu"]))
+    @example(["--mirror=http://x"], "busybox")
+    @example(["--mi=x"], "ubuntu")
+    def check(words: list[str], template: str) -> None:
+        assert template not in rules.TEMPLATE_VALUES
+        assert _pairs(words) == _pairs_for(words, template)
+    run(examples, check)
+
+
+def _pairs_for(words: list[str], template: str) -> tuple[tuple[str, str], ...] | None:
+    try:
+        return rules.parse_xargs(words, template)
+    except LwpError as exc:
+        assert exc.code == "invalid-request"
+        return None
+
+
+# -- debian: only allow-listed options, values of their shapes, never the helper's mirror ---
+
+def _debian_getopt_spec() -> tuple[str, str]:
+    with open(os.path.join(REAL_TEMPLATES, "lxc-debian")) as f:
+        found = re.search(r"getopt -o (\S+) -l (\S+) --", f.read())
+    assert found, "lxc-debian no longer calls getopt as expected"
+    return found.group(1), found.group(2)
+
+
+_DEBIAN_OPTION = st.one_of(
+    st.sampled_from(["release", "arch", "packages", "mirror", "mirro", "mi", "m", "rel", "re",
+                     "a", "ar", "package", "pac", "auth-key", "keyring", "security-mirror",
+                     "interpreter-path", "clean", "flush-cache", "enable-non-free", "help"]),
+    _OPTION)
+_DEBIAN_VALUE = st.one_of(
+    st.sampled_from(["bookworm", "sid", "amd64", "arm64", "curl,iproute2", "a,b", "Bad", "c++",
+                     "x" * 101, ",", "curl,", "../x", "http://192.0.2.1/d"]),
+    st.builds(",".join, st.lists(st.from_regex(rules.PACKAGE_RE, fullmatch=True), max_size=40)),
+    _VALUE)
+DEBIAN_XARGS = st.lists(st.builds(lambda o, v: f"--{o}={v}", _DEBIAN_OPTION, _DEBIAN_VALUE),
+                        max_size=6)
+MIRROR = "http://deb.debian.org/debian"
+
+
+@runs(100, 1500)
+def test_accepted_debian_xargs_are_allow_listed_shaped_and_never_move_the_mirror(
+        examples: int) -> None:
+    short, long = _debian_getopt_spec()
+    table = rules.TEMPLATE_VALUES["debian"]
+
+    @given(DEBIAN_XARGS)
+    @example(["--mi=http://192.0.2.1/debian"])
+    @example(["--release=bookworm", "--packages=curl,iproute2"])
+    def check(words: list[str]) -> None:
+        pairs = _pairs_for(words, "debian")
+        if pairs is None:
+            return
+        for option, value in pairs:
+            rule = table[option]  # only the table's options are accepted
+            items = [value] if rule.choice else value.split(",")
+            assert len(items) <= rule.max_items
+            assert all(rule.shape.fullmatch(item) for item in items)
+        # What the real lxc-debian getopt makes of liblxc's arguments, the client's, and the
+        # mirror the helper appends: liblxc's and the helper's values are the ones it keeps.
+        out = subprocess.run(["getopt", "-o", short, "-l", long, "--", *LIBLXC_ARGS,
+                              *rules.render_xargs(pairs), f"--mirror={MIRROR}"],
+                             capture_output=True, text=True, check=True)
+        parsed = shlex.split(out.stdout)
+        seen: dict[str, list[str]] = {}
+        for i, word in enumerate(parsed[:parsed.index("--")]):
+            if word.startswith("--"):
+                seen.setdefault(word[2:], []).append(parsed[i + 1])
+        assert seen.pop("mirror") == [MIRROR], out.stdout
+        for given_arg in LIBLXC_ARGS:
+            option, _, value = given_arg[2:].partition("=")
+            assert seen.pop(option) == [value], out.stdout
+        assert set(seen) <= set(table), out.stdout
+    run(examples, check)
+
+
 # -- the request codec ---------------------------------------------------------------------
 
 FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
