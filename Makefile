@@ -57,10 +57,10 @@ bench-small: test-deps
 test: test-deps lint unit security
 
 # What CI runs: the whole suite, the small benchmark (so it cannot rot) and the package test.
-ci: test bench-small deb-test
+ci: test bench-small deb-test readme-test
 
 # --- Debian package (packaging/deb/, packaging/systemd/, packaging/deb-test/) ---------------
-.PHONY: deb deb-test deb-clean
+.PHONY: deb deb-test deb-clean readme-test
 
 # build/deb/lxc-web-panel_<version>_all.deb (+ .dsc/.changes), lintian-clean or it fails.
 deb:
@@ -70,6 +70,12 @@ deb:
 # and check it runs, survives restarts and an upgrade, and purges cleanly (~5-10 minutes).
 deb-test:
 	$(PY) packaging/deb-test/run.py
+
+# The README as a new user meets it: on a fresh booted Debian 12 with lxcbr0 (an LXC guest on a
+# bridge of the test's own; apt reaches only the Debian archive, through the test's proxy),
+# `make run`, the curl walk-through as written, a stop that leaves nothing, and a second run.
+readme-test:
+	$(PY) packaging/deb-test/readme.py
 
 deb-clean:
 	rm -rf build/deb

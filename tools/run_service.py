@@ -219,7 +219,6 @@ def main() -> int:
         return 1
     from frontend import config as frontend_config
     from helperd import config
-    cfg = config.load(CONFIG)
     front = frontend_config.load(CONFIG)
     try:
         listener = bind_port(front.listen, front.port)  # before anything starts
@@ -231,6 +230,7 @@ def main() -> int:
     except KeyError:
         subprocess.run(["adduser", "--system", "--group", "--no-create-home",
                         "--home", "/nonexistent", SERVICE_USER], check=True)
+    cfg = config.load(CONFIG)  # after the user: it checks that socket_group exists
     print_host_problems(cfg)
     stop_on_signals()
     env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONDONTWRITEBYTECODE": "1"}

@@ -64,7 +64,8 @@ class Failed(Exception):
 
 
 class Report:
-    def __init__(self) -> None:
+    def __init__(self, title: str = "deb-test") -> None:
+        self.title = title  # readme.py reuses this report under its own name
         self.rows: list[tuple[str, str, bool, str]] = []
         self.step = ""
         self.timings: dict[str, float] = {}
@@ -84,7 +85,7 @@ class Report:
         return [r for r in self.rows if not r[2]]
 
     def summary(self) -> str:
-        lines = ["", "=" * 78, "deb-test summary", "=" * 78]
+        lines = ["", "=" * 78, f"{self.title} summary", "=" * 78]
         for step in dict.fromkeys(r[0] for r in self.rows):
             rows = [r for r in self.rows if r[0] == step]
             bad = [r for r in rows if not r[2]]
@@ -95,7 +96,7 @@ class Report:
                 lines.append(f"        failed: {r[1]}: {r[3][:300]}")
         passed = sum(1 for r in self.rows if r[2])
         lines.append(f"total {time.monotonic() - T0:.0f} s")
-        lines.append(f"deb-test: {passed} passed, {len(self.rows) - passed} failed")
+        lines.append(f"{self.title}: {passed} passed, {len(self.rows) - passed} failed")
         return "\n".join(lines)
 
 
@@ -168,18 +169,18 @@ def mounts_under(path: Path) -> list[str]:
     return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
 
 
-def cleanup(keep_cache: bool = True) -> None:
-    """Remove this test's container and lxcpath (never anything outside RUN)."""
+def cleanup(keep_cache: bool = True, name: str = NAME, lxcpath: Path = RUN) -> None:
+    """Remove this test's container and lxcpath (never anything outside lxcpath)."""
     import lxc
-    if RUN.exists():
-        c = lxc.Container(NAME, str(RUN))
+    if lxcpath.exists():
+        c = lxc.Container(name, str(lxcpath))
         if c.defined and c.running:
-            log(f"stopping test container {NAME}")
+            log(f"stopping test container {name}")
             c.stop()
             c.wait("STOPPED", 30)
-        for point in mounts_under(RUN):
+        for point in mounts_under(lxcpath):
             subprocess.run(["umount", "-l", point], check=False)
-        shutil.rmtree(RUN, ignore_errors=True)
+        shutil.rmtree(lxcpath, ignore_errors=True)
     if not keep_cache:
         shutil.rmtree(CACHE, ignore_errors=True)
 
@@ -247,9 +248,10 @@ def configure_test_host(rootfs: Path) -> None:
     shutil.copy2(TOP / "packaging/deb-test/probe.py", rootfs / PROBE.lstrip("/"))
 
 
-def container_config(rootfs: Path) -> str:
+def container_config(rootfs: Path, name: str = NAME, lxcpath: Path = RUN,
+                     net: str = "lxc.net.0.type = empty") -> str:
     return f"""# deb-test: a Debian 12 with systemd as PID 1 that can run nested LXC containers.
-lxc.uts.name = {NAME}
+lxc.uts.name = {name}
 lxc.rootfs.path = dir:{rootfs}
 lxc.include = /usr/share/lxc/config/common.conf
 lxc.include = /usr/share/lxc/config/nesting.conf
@@ -260,20 +262,20 @@ lxc.apparmor.profile = unconfined
 # itself and joins cpu,cpuacct, which a host that mounts them apart cannot give it.
 lxc.mount.auto =
 lxc.mount.auto = proc:rw sys:rw cgroup:rw:force
-lxc.net.0.type = empty
+{net}
 lxc.autodev = 1
 lxc.tty.max = 1
 lxc.pty.max = 64
-lxc.log.file = {RUN / NAME / "lxc.log"}
+lxc.log.file = {lxcpath / name / "lxc.log"}
 lxc.log.level = ERROR
-lxc.console.logfile = {RUN / NAME / "console.log"}
+lxc.console.logfile = {lxcpath / name / "console.log"}
 """
 
 
-def boot(rootfs: Path) -> Any:
+def boot(rootfs: Path, name: str = NAME, lxcpath: Path = RUN, config: str = "") -> Any:
     import lxc
-    (RUN / NAME / "config").write_text(container_config(rootfs))
-    c = lxc.Container(NAME, str(RUN))
+    (lxcpath / name / "config").write_text(config or container_config(rootfs))
+    c = lxc.Container(name, str(lxcpath))
     # liblxc's start() moves its caller into the container's monitor cgroups for good: start
     # from a short-lived child so this process (and its make) stays where it was.
     pid = os.fork()
@@ -283,7 +285,7 @@ def boot(rootfs: Path) -> Any:
         finally:
             os._exit(1)
     _, status = os.waitpid(pid, 0)
-    c = lxc.Container(NAME, str(RUN))
+    c = lxc.Container(name, str(lxcpath))
     R.must("test container started", os.waitstatus_to_exitcode(status) == 0 and
            c.wait("RUNNING", 30), c.state)
     return c
