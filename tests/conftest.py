@@ -6,6 +6,7 @@ nothing outside that directory is touched.
 """
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -172,6 +173,16 @@ release = ["bookworm"]
     return path
 
 
+def configure(world: World, **settings: Any) -> None:
+    """Add [helperd] keys to a world's config before its helper starts."""
+    with open(world.config) as f:
+        text = f.read()
+    extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+    anchor = f'audit_dir = "{world.base}/audit"\n'
+    with open(world.config, "w") as f:
+        f.write(text.replace(anchor, anchor + extra))
+
+
 def make_world() -> World:
     base = tempfile.mkdtemp(prefix="lwp-test-")
     os.chmod(base, 0o755)  # `nobody` must be able to reach the socket to be refused by uid
@@ -224,6 +235,28 @@ def world() -> Iterator[World]:
         yield w
     finally:
         destroy_world(w)
+
+
+@pytest.fixture
+def fresh_world() -> Iterator[World]:
+    """A world of the test's own whose helper is not started yet (the test starts it)."""
+    w = make_world()
+    try:
+        yield w
+    finally:
+        destroy_world(w)
+
+
+@pytest.fixture
+def bridge() -> Iterator[str]:
+    """A bridge of the test's own, with no uplink: nothing on it can leave the host."""
+    name = f"lwpbr{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+    subprocess.run(["ip", "link", "set", name, "up"], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "link", "del", name], check=True)
 
 
 @dataclass(frozen=True)

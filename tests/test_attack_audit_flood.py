@@ -10,7 +10,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,20 +18,10 @@ from helperd import audit
 from protocol import framing, ops
 from protocol.client import HelperClient
 from protocol.errors import LwpError
-from tests.conftest import World, destroy_world, make_world
+from tests.conftest import World, configure
 from tests.live import make_token, start_frontend, stop_frontend
 
 pytestmark = [pytest.mark.lxc, pytest.mark.security]
-
-
-def configure(world: World, **settings: Any) -> None:
-    """Add [helperd] keys to a world's config before its helper starts."""
-    with open(world.config) as f:
-        text = f.read()
-    extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
-    anchor = f'audit_dir = "{world.base}/audit"\n'
-    with open(world.config, "w") as f:
-        f.write(text.replace(anchor, anchor + extra))
 
 
 def trail(world: World) -> list[dict[str, Any]]:
@@ -64,12 +53,8 @@ def start(world: World) -> None:
 
 
 @pytest.fixture
-def fresh() -> Iterator[World]:
-    w = make_world()
-    try:
-        yield w
-    finally:
-        destroy_world(w)
+def fresh(fresh_world: World) -> World:
+    return fresh_world
 
 
 def counted(records: list[dict[str, Any]]) -> int:

@@ -13,7 +13,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,9 +33,8 @@ from tests.conftest import (
     Tokens,
     World,
     as_user,
-    destroy_world,
+    configure,
     make_container,
-    make_world,
     new_name,
 )
 
@@ -92,16 +90,6 @@ async def token_ids(world: World) -> dict[str, int]:
     return {t["description"]: t["id"] for t in await ask(world, ops.ListTokens())}
 
 
-def configure(world: World, **settings: Any) -> None:
-    """Add [helperd] keys to a dedicated world's config (before its helper starts)."""
-    with open(world.config) as f:
-        text = f.read()
-    extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
-    anchor = f'audit_dir = "{world.base}/audit"\n'
-    with open(world.config, "w") as f:
-        f.write(text.replace(anchor, anchor + extra))
-
-
 def lwp_admin(world: World, *args: str) -> str:
     done = subprocess.run([PYTHON, "-m", "helperd.admin", "--config", world.config, *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -135,12 +123,8 @@ async def api(world: World, aiohttp_client: Any) -> Any:
 
 
 @pytest.fixture
-def dedicated() -> Iterator[World]:
-    w = make_world()
-    try:
-        yield w
-    finally:
-        destroy_world(w)
+def dedicated(fresh_world: World) -> World:
+    return fresh_world
 
 
 # -- every mutating API call: one start, one end, every field right --------------------------

@@ -5,11 +5,8 @@ only the allow-list (protocol shapes, the host's configured choices) lets throug
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -28,18 +25,6 @@ CREATE_WAIT = 1700
 BOOT_WAIT = 180.0
 # What `systemctl is-system-running` answers once boot has finished.
 BOOTED = ("running", "degraded")
-
-
-@pytest.fixture
-def bridge() -> Iterator[str]:
-    """A bridge of the test's own, with no uplink: nothing on it can leave the host."""
-    name = f"lwpbr{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
-    subprocess.run(["ip", "link", "set", name, "up"], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "link", "del", name], check=True)
 
 
 def _on_bridge(world: World, name: str, bridge: str) -> None:

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -133,18 +130,6 @@ async def test_concurrent_creates_of_one_name_make_one_container(api: Any, admin
         for _ in range(3)))
     assert sorted(r.status for r in replies) == [200, 409, 409]
     assert name in world.container_dirs()
-
-
-@pytest.fixture
-def bridge() -> Iterator[str]:
-    """A bridge of the test's own, with no uplink: nothing on it can leave the host."""
-    name = f"lwpbr{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
-    subprocess.run(["ip", "link", "set", name, "up"], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "link", "del", name], check=True)
 
 
 async def test_network_fields_of_a_container_on_a_veth(api: Any, admin: dict[str, str],

@@ -15,14 +15,13 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from helperd import safedirs
 from protocol import ops
 from protocol.config import ConfigError
-from tests.conftest import PYTHON, ROOT, World, destroy_world, make_world
+from tests.conftest import PYTHON, ROOT, World
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 NOGROUP = grp.getgrnam("nogroup").gr_gid
@@ -81,14 +80,6 @@ def test_a_file_is_not_a_directory(tmp_path: str) -> None:
 
 # -- the helper at start ------------------------------------------------------------------------
 
-@pytest.fixture
-def fresh_world() -> Iterator[World]:
-    """A world whose helper is not started yet."""
-    w = make_world()
-    try:
-        yield w
-    finally:
-        destroy_world(w)
 
 
 def start_and_wait_for_exit(world: World, timeout: float = 30) -> tuple[int, str]:

@@ -22,7 +22,7 @@ import pytest
 from frontend.auth import TokenReader
 from helperd.tokenstore import PRIVATE_DIR, TokenStore, private_path
 from protocol import ops, tokens
-from tests.conftest import World, destroy_world, make_world
+from tests.conftest import World
 
 
 @pytest.fixture
@@ -159,12 +159,8 @@ def test_a_migration_cut_short_is_done_again_whole_at_the_next_start(state: str)
 # -- a live helper killed ----------------------------------------------------------------------
 
 @pytest.fixture
-def dedicated() -> Iterator[World]:
-    w = make_world()
-    try:
-        yield w
-    finally:
-        destroy_world(w)
+def dedicated(fresh_world: World) -> World:
+    return fresh_world
 
 
 def start(w: World) -> None:
