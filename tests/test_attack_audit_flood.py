@@ -228,7 +228,6 @@ def test_below_the_floor_reads_are_refused_then_below_the_reserve_changes_too(
     with open(fresh.config, "w") as f:
         f.write(text.replace("audit_reserve_bytes = 1048576\n", ""))
     configure(fresh, audit_reserve_bytes=free * 2)
-    os.unlink(fresh.socket)  # start_helper waits for the socket to appear
     start(fresh)
     with pytest.raises(LwpError) as refused:
         fresh.call(ops.CreateToken(None, "not now", "read"))
