@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 from helperd import netaddr
 from protocol import ops
 from tests.conftest import PYTHON, ROOT, World, new_name
-from tests.test_helper_real import bridge  # noqa: F401  (a fixture: a bridge with no uplink)
 from tests.test_rules_properties import run, runs
 
 AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
