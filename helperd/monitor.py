@@ -100,7 +100,14 @@ def command(lxcpath: str, name: str, cmd: int, data: bytes = b"", ptr: int = 0,
         if uid != 0:
             raise _refuse(name, f"uid {uid} (pid {pid})")
         try:
-            s.sendall(WIRE.pack(cmd, len(data), ptr) + data)
+            # With our credentials in the message, as liblxc's client sends them: the monitor
+            # sets SO_PASSCRED only after it accepts, and a request already queued then
+            # carries none — read as uid 65534, and answered -EPERM (1 call in ~100 here).
+            creds = struct.pack("3i", os.getpid(), os.getuid(), os.getgid())
+            request = WIRE.pack(cmd, len(data), ptr) + data
+            sent = s.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
+            if sent < len(request):
+                s.sendall(request[sent:])
             head, fds, _flags, _addr = socket.recv_fds(s, WIRE.size, 1)
         except (ConnectionResetError, BrokenPipeError):
             return None  # the monitor is ending
