@@ -230,7 +230,7 @@ class Api:
 
     async def revoke_token_by_id(self, request: web.Request) -> web.Response:
         raw = request.match_info["id"]
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        if not rules.ascii_digits(raw) or len(raw) > 18:
             raise invalid("id", "must be a positive integer")
         result = await self.call(request, ops.RevokeToken(id=int(raw)))
         return web.json_response({**OK, "id": result["id"]})
@@ -264,7 +264,7 @@ class Api:
         for key in AUDIT_NUMBERS:
             if key in query:
                 raw = query[key]
-                if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+                if not rules.ascii_digits(raw) or len(raw) > 18:
                     raise invalid(key, "must be a non-negative integer")
                 values[key] = int(raw)
         return web.json_response(await self.call(request, ops.QueryAudit(**values)))

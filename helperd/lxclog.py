@@ -17,7 +17,7 @@ LOG_FILE = "lxc.log"  # in the container's directory (lxcpath/NAME/), not in its
 READ = 64 * 1024  # bytes of a log searched for errors: the cause comes first
 CAUSES = 3
 # "lxc web1 20261204165114.651 ERROR network - network.c:func:711 - <what went wrong>"
-# (lxc-start's own lines begin "lxc-start web1 …")
+# (lxc-start's own lines begin with its name: 'lxc-start web1 …')
 LINE = re.compile(r"lxc[a-z-]* \S+ \d{14}\.\d{3} ERROR +\S+ - \S+ - (.{1,300})")
 
 

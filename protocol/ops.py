@@ -177,7 +177,7 @@ class QueryAudit:
         if self.actor is not None and (not 0 < len(self.actor) <= rules.MAX_DESCRIPTION
                                        or not self.actor.isprintable()):
             raise invalid("actor", "must be a token id or 1-256 printable characters")
-        if self.actor is not None and self.actor.isdigit() and not self.actor.isascii():
+        if self.actor is not None and self.actor.isdigit() and not rules.ascii_digits(self.actor):
             raise invalid("actor", "a token id is written with the digits 0-9")
         if self.op is not None and self.op not in OPS:
             raise invalid("op", "must be the name of an operation")

@@ -31,7 +31,7 @@ PY = "/usr/bin/python3"
 CONFIG = os.environ.get("LWP_CONFIG", os.path.join(ROOT, "packaging", "lwp.toml"))
 sys.path.insert(0, ROOT)
 
-from protocol import ops  # noqa: E402
+from protocol import ops, rules  # noqa: E402
 from protocol.client import HelperClient  # noqa: E402
 from protocol.config import SERVICE_USER  # noqa: E402
 from protocol.errors import LwpError  # noqa: E402
@@ -75,7 +75,7 @@ def holders(inodes: set[str]) -> list[str]:
     """`pid N (command, user U)` for every process with one of those sockets open."""
     wanted = {f"socket:[{inode}]" for inode in inodes}
     found: list[str] = []
-    for pid in sorted((p for p in os.listdir("/proc") if p.isascii() and p.isdigit()), key=int):
+    for pid in sorted((p for p in os.listdir("/proc") if rules.ascii_digits(p)), key=int):
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
             if not any(os.readlink(f"/proc/{pid}/fd/{fd}") in wanted for fd in fds):
