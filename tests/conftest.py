@@ -100,19 +100,24 @@ class World:
         return set(os.listdir(self.lxcpath))
 
 
+def become(user: str) -> None:
+    """Drop this (forked) process to `user` for good: groups, gid, then uid."""
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
 def as_user(user: str, act: Callable[[], bytes]) -> bytes:
     """Run `act` in a forked child that has dropped to `user` for good; return its output.
 
     Whatever `act` raises is the test's to interpret, so it should catch what it expects."""
-    entry = pwd.getpwnam(user)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
             os.close(read_end)
-            os.setgroups([])
-            os.setgid(entry.pw_gid)
-            os.setuid(entry.pw_uid)
+            become(user)
             os.write(write_end, act())
         finally:
             os._exit(0)
@@ -171,6 +176,16 @@ release = ["bookworm"]
 {extra}
 """)
     return path
+
+
+def trail(world: World) -> list[dict[str, Any]]:
+    """Every record of the world's audit trail, oldest first."""
+    from helperd import audit  # the harness reads what the helper wrote
+    records = []
+    for path in audit.trail_files(os.path.join(world.base, "audit")):
+        with open(path, "rb") as f:
+            records += [json.loads(line) for line in f]
+    return records
 
 
 def configure(world: World, **settings: Any) -> None:

@@ -3,7 +3,6 @@ request limits in the helper and the frontend; the free-space floor under the tr
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import time
@@ -18,18 +17,10 @@ from helperd import audit
 from protocol import framing, ops
 from protocol.client import HelperClient
 from protocol.errors import LwpError
-from tests.conftest import World, configure
+from tests.conftest import World, configure, trail
 from tests.live import make_token, start_frontend, stop_frontend
 
 pytestmark = [pytest.mark.lxc, pytest.mark.security]
-
-
-def trail(world: World) -> list[dict[str, Any]]:
-    records = []
-    for path in audit.trail_files(os.path.join(world.base, "audit")):
-        with open(path, "rb") as f:
-            records += [json.loads(line) for line in f]
-    return records
 
 
 def trail_bytes(world: World) -> int:

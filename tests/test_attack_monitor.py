@@ -25,7 +25,7 @@ import pytest
 from helperd import cgroupstats, monitor
 from protocol import ops
 from protocol.errors import LwpError
-from tests.conftest import PYTHON, Tokens, World, new_name
+from tests.conftest import PYTHON, Tokens, World, become, new_name
 
 pytestmark = [pytest.mark.lxc, pytest.mark.security]
 
@@ -104,20 +104,27 @@ def _serve(listener: socket.socket, victim_pid: int, victim_cgroup: str,
         conn.close()
 
 
+def remove_cgroup(path: str) -> None:
+    """rmdir a cgroup the test made, once the kernel has let its last process go."""
+    for _ in range(100):
+        try:
+            os.rmdir(path)
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
 def start_fake(address: bytes, victim_pid: int, victim_cgroup: str, user: str = "nobody",
                wait_for_name: float = 0, stall: bool = False,
                script: Script | None = None) -> Fake:
     """Bind `address` as `user` (retrying up to `wait_for_name` s while it is taken) and answer
     as a monitor would. Returns at once if it is to wait for the name, else once bound."""
-    entry = pwd.getpwnam(user)
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
             os.close(ready_r)
-            os.setgroups([])
-            os.setgid(entry.pw_gid)
-            os.setuid(entry.pw_uid)
+            become(user)
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             deadline = time.monotonic() + wait_for_name
             while True:
@@ -180,12 +187,7 @@ def victim_cgroup() -> Iterator[str]:
             f.write("THAWED")
         proc.kill()
         proc.wait()
-        for _ in range(100):
-            try:
-                os.rmdir(path)
-                break
-            except OSError:
-                time.sleep(0.05)
+        remove_cgroup(path)
 
 
 def _freezer_state(rel: str) -> str:
@@ -423,12 +425,7 @@ def test_freeze_on_cgroup_v2_writes_the_fd_the_monitor_sends_and_tells_it_each_s
         os.close(told_w)
         worker.kill()
         worker.wait()
-        for _ in range(100):
-            try:
-                os.rmdir(path)
-                break
-            except OSError:
-                time.sleep(0.05)
+        remove_cgroup(path)
 
 
 # -- who counts as a container's monitor ---------------------------------------------------------

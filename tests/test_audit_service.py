@@ -36,6 +36,7 @@ from tests.conftest import (
     configure,
     make_container,
     new_name,
+    trail,
 )
 
 pytestmark = pytest.mark.lxc
@@ -46,14 +47,6 @@ FIELDS = {"seq", "ts", "request_id", "phase", "op", "outcome", "container", "act
           "peer", "args", "error", "duration_ms", "recovery", "summary", "chain"}
 # Token secrets the tests in this module chose themselves (never to be found in a log).
 CHOSEN_SECRETS: list[str] = []
-
-
-def trail(world: World) -> list[dict[str, Any]]:
-    records = []
-    for path in audit.trail_files(os.path.join(world.base, "audit")):
-        with open(path, "rb") as f:
-            records += [json.loads(line) for line in f]
-    return records
 
 
 def of_request(world: World, request_id: str) -> list[dict[str, Any]]:
