@@ -137,7 +137,7 @@ class _Worker:
             self.kill()
             raise LwpError("internal-error", f"the liblxc call ended its worker "
                                              f"({self.status})")
-        reply = framing.decode_body(data, from_helper=True)  # from a worker: root, our code
+        reply = framing.decode_trusted_body(data)  # from a worker: root, our code
         self.reusable = reply["reusable"] is True
         if reply["code"] is not None:
             raise LwpError(reply["code"], reply["message"])
@@ -213,7 +213,7 @@ def _serve(job: Job, sock_fd: int, parent: int) -> NoReturn:
 def _perform(job: Job, message: bytes) -> dict[str, Any]:
     """Run one job; the tail of its output explains a failed liblxc call."""
     try:
-        job(framing.decode_body(message, from_helper=True))
+        job(framing.decode_trusted_body(message))
     except LwpError as exc:
         text = _with_tail(exc.message, 1) if exc.code == "operation-failed" else exc.message
         return {"code": exc.code, "message": text}
