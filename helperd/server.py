@@ -166,10 +166,10 @@ class Helper:
             while True:
                 try:
                     if first_frame is None:  # the hot path: no timer at all
-                        frames.feed(await reader.readexactly(frames.missing))
+                        header = await reader.readexactly(frames.missing)
                     else:
                         async with asyncio.timeout(first_frame):
-                            frames.feed(await reader.readexactly(frames.missing))
+                            header = await reader.readexactly(frames.missing)
                         first_frame = None
                 except asyncio.IncompleteReadError:
                     return  # a clean hang-up between frames
@@ -179,15 +179,14 @@ class Helper:
                     return
                 obj: object = None
                 try:
-                    body = frames.next_frame()  # None: the header is in and within the cap
+                    body = frames.feed(header)  # None: the header is in and within the cap
                     while body is None:
                         try:
                             async with asyncio.timeout(self.cfg.frame_timeout):
-                                frames.feed(await reader.readexactly(frames.missing))
+                                body = frames.feed(await reader.readexactly(frames.missing))
                         except TimeoutError:
                             raise LwpError("protocol-error", f"the rest of a frame did not "
                                            f"arrive within {self.cfg.frame_timeout:g} s") from None
-                        body = frames.next_frame()
                     obj = framing.decode_untrusted_body(body)
                     envelope = ops.decode_request(obj)
                 except LwpError as exc:

@@ -46,15 +46,14 @@ class _Connection(asyncio.Protocol):
             self.fail(LwpError("protocol-error", "the helper sent bytes out of turn"))
             return
         frames = self._frames
-        frames.feed(data)
         try:
-            body = frames.next_frame()  # the cap is checked on the header, before the body
+            body = frames.feed(data)  # the cap is checked on the header, before the body
         except LwpError as exc:
             self.fail(exc)
             return
         if body is None:
             return  # the rest of the reply is still to come
-        if frames.pending:
+        if frames.held:
             self.fail(LwpError("protocol-error", "the helper sent more than one reply"))
             return
         self._reply = None

@@ -1,5 +1,5 @@
 """Frames: a 4-byte big-endian length, then exactly one msgpack object. FrameReader is the one
-sans-I/O reader of them (bytes in, whole bodies out); the helper and the client both use it.
+sans-I/O reader of them (bytes in, whole bodies out): the helper and the client both use it.
 
 The size cap is checked on the length prefix, before any byte of the body is buffered or
 decoded. Untrusted frames (requests, decoded by the helper) use msgpack's pure-Python unpacker:
@@ -40,55 +40,53 @@ def body_length(header: bytes | bytearray, limit: int = MAX_FRAME) -> int:
 
 
 class FrameReader:
-    """Bytes in (`feed`), whole frame bodies out (`next_frame`); no sockets, no waiting.
+    """Bytes in, whole frame bodies out (`feed`); no sockets, no waiting.
 
     A header is checked against `limit` as soon as its 4 bytes are in, so an oversize or
     empty frame is refused before its body is awaited. A bad header leaves the reader
-    unusable: the stream cannot be trusted past it."""
+    unusable: the stream cannot be trusted past it. `held` is what is kept of a frame not
+    yet whole (or of frames after the one returned)."""
 
-    __slots__ = ("limit", "_buffer", "_length")
+    __slots__ = ("limit", "held", "_length")
 
     def __init__(self, limit: int = MAX_FRAME) -> None:
         self.limit = limit
         # Mostly a frame comes in one piece and is kept as given (no copy); only a split one
         # is gathered, in a bytearray, so a large body is not copied again with each piece.
-        self._buffer: bytes | bytearray = b""
+        self.held: bytes | bytearray = b""
         self._length = -1  # the current frame's body length once its header is in
 
-    def feed(self, data: bytes) -> None:
-        if not self._buffer:
-            self._buffer = data
-        elif isinstance(self._buffer, bytearray):
-            self._buffer += data
-        else:
-            self._buffer = bytearray(self._buffer) + data
+    def feed(self, data: bytes = b"") -> bytes | None:
+        """Add `data`; return the next whole body, or None until more bytes come; LwpError for
+        a bad header. Feed nothing to take a further frame that is already in.
 
-    def next_frame(self) -> bytes | None:
-        """The next whole body, or None until more bytes come; LwpError for a bad header."""
-        buffer = self._buffer
+        One call per piece, not one to add and one to take: this is the client's hot path."""
+        held = self.held
+        if not held:
+            held = data
+        elif isinstance(held, bytearray):
+            held += data
+        else:
+            held = bytearray(held) + data
+        self.held = held
         head = HEADER.size
         if self._length < 0:
-            if len(buffer) < head:
+            if len(held) < head:
                 return None
-            self._length = body_length(buffer[:head], self.limit)
+            self._length = body_length(held[:head], self.limit)
         end = head + self._length
-        if len(buffer) < end:
+        if len(held) < end:
             return None
         self._length = -1
-        self._buffer = buffer[end:] if len(buffer) > end else b""
-        return bytes(buffer[head:end])
+        self.held = held[end:] if len(held) > end else b""
+        return bytes(held[head:end])
 
     @property
     def missing(self) -> int:
         """How many bytes the current part (the header, then the body) still lacks."""
         if self._length < 0:
-            return max(HEADER.size - len(self._buffer), 0)
-        return max(HEADER.size + self._length - len(self._buffer), 0)
-
-    @property
-    def pending(self) -> bool:
-        """Bytes are held that are not yet part of a returned frame."""
-        return bool(self._buffer)
+            return max(HEADER.size - len(self.held), 0)
+        return max(HEADER.size + self._length - len(self.held), 0)
 
 
 def decode_untrusted_body(body: bytes) -> Any:

@@ -187,76 +187,60 @@ def test_reader_gathers_a_frame_split_at_every_byte_boundary() -> None:
     data = framing.encode_frame(ENVELOPE)
     for cut in range(len(data) + 1):
         reader = framing.FrameReader()
-        reader.feed(data[:cut])
-        first = reader.next_frame()
+        first = reader.feed(data[:cut])
         assert first is None or cut == len(data)
-        reader.feed(data[cut:])
-        body = first if first is not None else reader.next_frame()
-        assert body == data[HEADER.size:], cut
-        assert not reader.pending and reader.next_frame() is None
+        second = reader.feed(data[cut:])
+        assert (first or second) == data[HEADER.size:] and not (first and second), cut
+        assert not reader.held and reader.feed() is None
 
 
 def test_reader_gathers_a_frame_fed_one_byte_at_a_time() -> None:
     data = framing.encode_frame(ENVELOPE)
     reader = framing.FrameReader()
-    bodies = []
-    for i in range(len(data)):
-        reader.feed(data[i:i + 1])
-        body = reader.next_frame()
-        if body is not None:
-            bodies.append(body)
-    assert bodies == [data[HEADER.size:]]
+    bodies = [reader.feed(data[i:i + 1]) for i in range(len(data))]
+    assert bodies == [None] * (len(data) - 1) + [data[HEADER.size:]]
 
 
 def test_reader_says_how_many_bytes_each_part_lacks() -> None:
     data = framing.encode_frame(ENVELOPE)
     reader = framing.FrameReader()
     assert reader.missing == HEADER.size
-    reader.feed(data[:2])
-    assert reader.missing == 2
-    reader.feed(data[2:HEADER.size])
-    assert reader.next_frame() is None  # the header is checked; the body is still to come
+    assert reader.feed(data[:2]) is None and reader.missing == 2
+    assert reader.feed(data[2:HEADER.size]) is None  # the header is checked; the body is not in
     assert reader.missing == len(data) - HEADER.size
-    reader.feed(data[HEADER.size:-1])
-    assert reader.missing == 1 and reader.next_frame() is None
-    reader.feed(data[-1:])
-    assert reader.next_frame() == data[HEADER.size:] and reader.missing == HEADER.size
+    assert reader.feed(data[HEADER.size:-1]) is None and reader.missing == 1
+    assert reader.feed(data[-1:]) == data[HEADER.size:] and reader.missing == HEADER.size
 
 
 def test_reader_returns_two_frames_of_one_chunk_in_order() -> None:
     one, two = framing.encode_frame({"n": 1}), framing.encode_frame({"n": 2, "x": "y"})
     reader = framing.FrameReader()
-    reader.feed(one + two + two[:3])
-    assert reader.next_frame() == one[HEADER.size:]
-    assert reader.next_frame() == two[HEADER.size:]
-    assert reader.next_frame() is None and reader.pending
-    reader.feed(two[3:])
-    assert reader.next_frame() == two[HEADER.size:] and not reader.pending
+    assert reader.feed(one + two + two[:3]) == one[HEADER.size:]
+    assert reader.feed() == two[HEADER.size:]
+    assert reader.feed() is None and reader.held == two[:3]
+    assert reader.feed(two[3:]) == two[HEADER.size:] and not reader.held
 
 
 @pytest.mark.parametrize("limit", [MAX, framing.MAX_REPLY])
 def test_reader_refuses_an_oversize_header_before_its_body(limit: int) -> None:
     reader = framing.FrameReader(limit)
-    reader.feed(HEADER.pack(limit + 1))  # no body byte at all: the header alone decides
     with pytest.raises(LwpError) as caught:
-        reader.next_frame()
+        reader.feed(HEADER.pack(limit + 1))  # no body byte at all: the header alone decides
     assert caught.value.code == "payload-too-large"
     assert caught.value.message == f"frame of {limit + 1} bytes exceeds {limit}"
 
 
 def test_reader_takes_a_body_of_exactly_its_limit() -> None:
     reader = framing.FrameReader(10)
-    reader.feed(HEADER.pack(10) + b"x" * 10)
-    assert reader.next_frame() == b"x" * 10
+    assert reader.feed(HEADER.pack(10) + b"x" * 10) == b"x" * 10
 
 
 @pytest.mark.parametrize("header", [HEADER.pack(0), b"\xff\xff\xff\xff", b"GET "],
                          ids=["zero length", "all ones", "text"])
 def test_reader_refuses_an_empty_or_garbage_header(header: bytes) -> None:
     reader = framing.FrameReader()
-    reader.feed(header + b"/ HTTP/1.1\r\n\r\n")
     with pytest.raises(LwpError) as caught:
-        reader.next_frame()
+        reader.feed(header + b"/ HTTP/1.1\r\n\r\n")
     assert caught.value.code in ("protocol-error", "payload-too-large")
     if header == HEADER.pack(0):
         assert caught.value.message == "empty frame"
