@@ -21,9 +21,9 @@ from aiohttp.test_utils import TestServer
 from frontend.accesslog import AccessLogger
 from frontend.app import make_app
 from helperd import admin, audit
-from helperd.audit_recovery import settle_container
 from helperd.config import load as load_helper_config
 from helperd.containers import Containers
+from helperd.recovery import settle_container
 from protocol import framing, ops
 from protocol.client import HelperClient
 from protocol.errors import LwpError
