@@ -36,8 +36,8 @@ class Kind(enum.Enum):
 
     READ = "a Containers method (containers, request), in the read thread pool"
     HOST_READ = "a function (helper, request) reading the host or trail, in the read thread pool"
-    TOKEN_READ = "a coroutine (helper, request, actor) reading the token store, on its thread"
-    TOKEN_CHANGE = "a coroutine (helper, request, actor) changing the token store, on its thread"
+    TOKEN_READ = "a coroutine (helper, request, actor) reading the token store, on its thread"  # noqa: S105 — a description, not a secret
+    TOKEN_CHANGE = "a coroutine (helper, request, actor) changing the token store, on its thread"  # noqa: S105
     CONTAINER_CHANGE = ("a Containers method (containers, request), in a worker process, "
                         "holding "
                         "each named container's lock, audited `start` before it and `end` after")
