@@ -7,9 +7,9 @@ the operation's record is closed as `interrupted`.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import functools
 import signal
 import time
 from collections.abc import Callable
