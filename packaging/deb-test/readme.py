@@ -254,6 +254,7 @@ def prepare_guest(rootfs: Path) -> None:
     # through the proxy's tunnels) and root's wget (lxc-debian's debootstrap, for the debian
     # template test, from the archive). Files, not an environment: the tests' own loopback
     # HTTP clients must not be sent to a proxy.
+    (rootfs / GUEST_CA.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(HOST_CA, rootfs / GUEST_CA.lstrip("/"))
     (rootfs / "etc/pip.conf").write_text(
         f"# readme-test: PyPI through the test's proxy, verified with the host's CA bundle\n"
