@@ -252,6 +252,11 @@ def copy_checkout(dest: Path) -> int:
 
 def prepare_guest(rootfs: Path) -> None:
     (rootfs / "etc/hostname").write_text(f"{NAME}\n")
+    # What Debian's installer writes and debootstrap does not: without it `localhost` does not
+    # resolve (the guest has no DNS) and the frontend's listen = "localhost" test cannot pass.
+    (rootfs / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{NAME}\n\n"
+                                      "::1\tlocalhost ip6-localhost ip6-loopback\n"
+                                      "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
     (rootfs / "etc/apt/apt.conf.d/90lwp-readme-test-proxy").write_text(
         f'// readme-test: the archive through the test\'s proxy (the guest has no other route)\n'
         f'Acquire::http::Proxy "{PROXY_URL}";\n')
