@@ -5,11 +5,15 @@ Reuses the package test (run.py): its cached debootstrap of bookworm is copied t
 own lxcpath (/var/tmp/lwp-readme-test), given a drop-in that lets lxc-net.service run inside
 LXC, a copy of this checkout at /root/lxc-web-panel, and one network link: a veth on a bridge
 the test makes on the host (lwprdm0, no route beyond it, no NAT), where a forward HTTP proxy of
-the test's own lets through exactly the Debian archive hosts of the host's apt sources. Inside:
+the test's own lets through exactly the Debian archive hosts of the host's apt sources (http)
+and tunnels (CONNECT) to pypi.org:443 and files.pythonhosted.org:443 only (the .venv tools;
+pip verifies them with the host's CA bundle). Inside:
 the README's prerequisites (make, curl), `make run`, every command of the README's `### curl`
 block with only `$T` substituted (each must answer 200), a SIGTERM that must leave nothing of
-make run behind, and a second `make run` that must print the same token. Each step is timed.
-Container, lxcpath, proxy and bridge are removed afterwards, on failure too. Run as root.
+make run behind, a second `make run` that must print the same token, and `make test` run as
+root at a console would (nested LXC: the guest is unconfined, nesting.conf, cgroups writable).
+Each step is timed, and make test's parts. Container, lxcpath, proxy and bridge are removed
+afterwards, on failure too (make test's log stays in /var/tmp). Run as root.
 """
 from __future__ import annotations
 
@@ -495,7 +499,7 @@ def step_make_test(ins: Inside, command: str) -> None:
     for line in text.splitlines():
         if PYTEST_RESULT.match(line) or line.startswith(("FAILED ", "ERROR ")):
             log(f"  {line}")
-    R.check(f"{command} exited 0 after {took:.0f} s ({times})",
+    R.check(f"{command} exits 0 ({took:.0f} s: {times})",
             status == 0 and list(begun) == [p for _, p in MAKE_TEST_PARTS],
             f"exit status {status} (whole log: {log_file}): {redact(text)[-3000:]}")
 
