@@ -497,7 +497,7 @@ def step_make_test(ins: Inside, command: str) -> None:
     times = ", ".join(f"{part} {end - at:.0f} s"
                       for (part, at), end in zip(begun.items(), ends, strict=True))
     for line in text.splitlines():
-        if PYTEST_RESULT.match(line) or line.startswith(("FAILED ", "ERROR ")):
+        if PYTEST_RESULT.match(line) or line.startswith(("FAILED ", "ERROR ", "SKIPPED ")):
             log(f"  {line}")
     R.check(f"{command} exits 0 ({took:.0f} s: {times})",
             status == 0 and list(begun) == [p for _, p in MAKE_TEST_PARTS],
