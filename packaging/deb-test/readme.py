@@ -588,11 +588,7 @@ def main() -> int:
                 f"{state['proxy'].pid if 'proxy' in state else '-'}; bridge {BRIDGE}")
         else:
             if R.failed():
-                for name in ("console.log", "lxc.log"):
-                    path = RUN / NAME / name
-                    if path.exists():
-                        print(f"--- last lines of {name} ---")
-                        print("\n".join(path.read_text(errors="replace").splitlines()[-25:]))
+                debtest.show_guest_logs(RUN / NAME)
             cleanup(state.get("proxy"))
     print(R.summary())
     return 1 if R.failed() else 0
