@@ -11,7 +11,7 @@ from helperd import cgrouplimits
 from helperd.cgrouplimits import V1, V2
 from protocol import ops, rules
 from protocol.errors import LwpError
-from tests.conftest import Tokens, World, make_container
+from tests.conftest import Tokens, World, make_container, trail
 
 MIB = 1 << 20
 V1_HOST = os.path.isdir("/sys/fs/cgroup/memory")
@@ -264,3 +264,40 @@ async def test_read_scope_can_get_but_not_patch(api: Any, tokens: Tokens, world:
 async def test_get_config_of_a_missing_container_is_404(api: Any, admin: dict[str, str]) -> None:
     r = await api.get(CONFIG.format("no-such-one"), headers=admin)
     assert r.status == 404
+
+
+@pytest.mark.lxc
+@pytest.mark.skipif(not V1_HOST, reason="the live checks read cgroup v1 files (this host)")
+async def test_memory_limit_below_current_use_is_400_and_changes_nothing(
+        api: Any, admin: dict[str, str], world: World) -> None:
+    import lxc  # the harness fills the container's memory; product code never imports it here
+    name = await make_container(api, admin)
+    await api.post(f"/api/v1/containers/{name}", json={"action": "start"}, headers=admin)
+    pid = await _pid(api, admin, name)
+    # 8 MiB in its tmpfs: shmem the kernel cannot reclaim (this host has no swap).
+    c = lxc.Container(name, world.lxcpath)
+    assert c.attach_wait(lxc.attach_run_command,
+                         ["/bin/sh", "-c", "head -c 8388608 /dev/zero > /dev/shm/fill"]) == 0
+    path = os.path.join(world.lxcpath, name, "config")
+    with open(path) as f:
+        before = f.read()
+    limit = _cgroup_file(pid, "memory.limit_in_bytes")
+    r = await _patch(api, admin, name, {"memory_limit": "2M", "autostart": True})
+    assert r.status == 400, await r.text()
+    assert (await r.json())["error"].startswith("memory_limit")
+    assert _cgroup_file(pid, "memory.limit_in_bytes") == limit
+    with open(path) as f:
+        assert f.read() == before  # nor is the autostart given with it saved
+    await api.post(f"/api/v1/containers/{name}", json={"action": "stop"}, headers=admin)
+
+
+@pytest.mark.lxc
+async def test_patch_is_audited_start_and_end_with_the_validated_args(
+        api: Any, admin: dict[str, str], world: World) -> None:
+    name = await make_container(api, admin)
+    assert (await _patch(api, admin, name, {"memory_limit": "64M", "cpus": None})).status == 200
+    records = [r for r in trail(world) if r.get("op") == "set_container_config"
+               and (r.get("args") or {}).get("name") == name]
+    assert [r["phase"] for r in records] == ["start", "end"]
+    assert records[0]["args"]["memory_limit"] == 64 * MIB  # as validated: bytes
+    assert records[0]["args"]["unset"] == ["cpus"]
