@@ -301,3 +301,34 @@ async def test_patch_is_audited_start_and_end_with_the_validated_args(
     assert [r["phase"] for r in records] == ["start", "end"]
     assert records[0]["args"]["memory_limit"] == 64 * MIB  # as validated: bytes
     assert records[0]["args"]["unset"] == ["cpus"]
+
+
+MEMORY_MOUNT = "/sys/fs/cgroup/memory"
+
+
+@pytest.mark.lxc
+@pytest.mark.security
+@pytest.mark.skipif(not V1_HOST, reason="the victim is a cgroup v1 memory cgroup (this host)")
+def test_a_fake_monitor_cannot_aim_a_memory_limit_at_another_cgroup(
+        world: World, tokens: Tokens) -> None:
+    """A local user binds a stopped container's command socket and names a victim's cgroup.
+    liblxc's set_cgroup_item believes it is running and asks it (v1: to set the limit; v2:
+    for the fd it writes to as root); the helper writes only where a root monitor says."""
+    from helperd import monitor
+    from tests.test_attack_monitor import remove_cgroup, start_fake
+    name = f"t-{os.urandom(5).hex()}"
+    world.call(ops.CreateContainer(name, "busybox"))
+    rel = f"/lwp-victim-{os.urandom(4).hex()}"
+    os.mkdir(MEMORY_MOUNT + rel)
+    try:
+        fake = start_fake(monitor.socket_name(world.lxcpath, name), 1, rel)
+        try:
+            with pytest.raises(LwpError) as err:
+                world.call(ops.SetContainerConfig(name, memory_limit=4 * MIB), tokens.operate)
+        finally:
+            fake.stop()
+        with open(f"{MEMORY_MOUNT}{rel}/memory.limit_in_bytes") as f:
+            assert int(f.read()) >= cgrouplimits.V1_UNLIMITED, "the victim's cgroup was limited"
+        assert err.value.code == "invalid-state" and "refusing to act on it" in err.value.message
+    finally:
+        remove_cgroup(MEMORY_MOUNT + rel)
