@@ -221,7 +221,7 @@ SCHEMAS["HostReport"] = {"type": "array", "items": _object(
     ["check", "status", "detail", "fix"], check={"type": "string"},
     status={"enum": ["ok", "warning", "problem"]}, detail={"type": "string"},
     fix={"type": "string"})}
-SIZE_WORDS = "bytes, or digits and a unit K, M, G or T (powers of 1024)"
+SIZE_WORDS = "bytes, or digits and a unit M, G or T (powers of 1024)"
 SIZE: dict[str, Any] = {"description": SIZE_WORDS,
         "oneOf": [{"type": "integer", "minimum": rules.SIZE_MIN, "maximum": rules.SIZE_MAX},
                   {"type": "string", "pattern": _anchored(rules.SIZE_RE)}]}

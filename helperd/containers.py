@@ -36,7 +36,8 @@ DIRECTORY_STORES = frozenset({"", "dir", "btrfs"})
 STATE_WAIT = 10.0  # seconds for a started container to run, a stopped one to be gone
 STATE_POLL = 0.02
 # Errors with which a cgroup file refuses a value it cannot take now (EBUSY: a memory limit
-# below what the container uses; EINVAL: CPUs the host lacks): the client's value, a 400.
+# below what the container uses; EINVAL: CPUs the host lacks): a well-formed value the
+# container's present state refuses, a 409 naming the setting.
 REFUSED_VALUE = frozenset({errno.EBUSY, errno.EINVAL, errno.ERANGE})
 
 
@@ -589,8 +590,8 @@ def _write_all(cg: monitor.Cgroups, name: str, writes: dict[str, tuple[str, str]
             item, (setting, value) = next(iter(refused.items()))
             failure = failures[0]
             if failure.errno in REFUSED_VALUE:
-                raise invalid(setting, f"container {name!r}'s {item} refused {value!r} "
-                                       f"({failure.strerror})")
+                raise LwpError("invalid-state", f"{setting}: container {name!r}'s {item} "
+                                                f"refused {value!r} ({failure.strerror})")
             raise LwpError("operation-failed", f"cannot write {item} of {name!r}: "
                                                f"{failure.strerror}")
         pending = refused

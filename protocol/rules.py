@@ -261,10 +261,11 @@ def description(value: str) -> str:
 
 
 # -- container limits and autostart (issue #13 section 3) ------------------------------------
-# A size: bytes as an integer, or digits and a binary unit ("512M" is 512 MiB). Bounded below
-# so that no container is given a limit nothing runs in, and above by what cgroups hold.
-SIZE_RE = re.compile(r"([1-9][0-9]{0,15})([KMGT]?)")
-SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+# A size: bytes as an integer, or digits and a binary unit ("512M" is 512 MiB, "2G", "1T").
+# Bounded below so that no container is given a limit nothing runs in (1M, the smallest string),
+# and above by what cgroups hold; the string's digits are bounded so it stays under SIZE_MAX.
+SIZE_RE = re.compile(r"(?:([1-9][0-9]{0,11})M|([1-9][0-9]{0,8})G|([1-9][0-9]{0,5})T)")
+SIZE_UNITS = (1 << 20, 1 << 30, 1 << 40)
 SIZE_MIN = 1 << 20
 SIZE_MAX = 1 << 60
 # A cpuset list as the kernel reads it: "0-1,3". CPU numbers up to CPUS_MAX, few items.
@@ -282,8 +283,9 @@ def size(value: int | str, field: str) -> int:
         match = SIZE_RE.fullmatch(value)
         if match is None:
             raise invalid(field, "must be bytes as an integer or a string such as \"512M\" "
-                                 "or \"2G\" (units K, M, G, T: powers of 1024)")
-        value = int(match[1]) * SIZE_UNITS[match[2]]
+                                 "or \"2G\" (units M, G, T: powers of 1024)")
+        value = next(int(digits) * unit for digits, unit in zip(match.groups(), SIZE_UNITS,
+                                                                strict=True) if digits)
     if type(value) is not int or not SIZE_MIN <= value <= SIZE_MAX:
         raise invalid(field, f"must be between {SIZE_MIN} (1M) and {SIZE_MAX} bytes")
     return value

@@ -62,13 +62,14 @@ def test_every_cpu_weight_survives_the_v1_shares_round_trip() -> None:
 
 
 @pytest.mark.parametrize("text,size", [("1M", MIB), ("2G", 2 << 30), (MIB, MIB),
-                                       ("1048576", MIB), ("1T", 1 << 40)])
+                                       ("1T", 1 << 40), ("999999999999M", 999999999999 * MIB)])
 def test_size_rule_takes_bytes_and_binary_units(text: Any, size: int) -> None:
     assert rules.size(text, "memory_limit") == size
 
 
 @pytest.mark.parametrize("field,value", [
     ("memory_limit", "512MB"), ("memory_limit", "-1"), ("memory_limit", 1024),
+    ("memory_limit", "1048576"), ("memory_limit", "1024K"), ("memory_limit", "1000000000G"),
     ("memory_limit", "0M"), ("memory_limit", 2**61), ("memory_swap_limit", "1.5G"),
     ("cpus", "1-0"), ("cpus", "a"), ("cpus", "0,,1"), ("cpus", "5000"), ("cpus", ""),
     ("cpu_weight", 0), ("cpu_weight", 10001), ("autostart_delay", -1),
@@ -205,7 +206,7 @@ async def test_refused_live_change_changes_nothing_live_or_on_disk(
         before = f.read()
     # The memory limit would be accepted alone; the CPUs this host lacks are not: neither is set.
     r = await _patch(api, admin, name, {"memory_limit": "150M", "cpus": "0-4000"})
-    assert r.status == 400
+    assert r.status == 409  # well-formed; refused by the container's present state
     assert (await r.json())["error"].startswith("cpus")
     assert _cgroup_file(pid, "memory.limit_in_bytes") == str(100 * MIB)
     with open(path) as f:
@@ -268,7 +269,7 @@ async def test_get_config_of_a_missing_container_is_404(api: Any, admin: dict[st
 
 @pytest.mark.lxc
 @pytest.mark.skipif(not V1_HOST, reason="the live checks read cgroup v1 files (this host)")
-async def test_memory_limit_below_current_use_is_400_and_changes_nothing(
+async def test_memory_limit_below_current_use_is_409_and_changes_nothing(
         api: Any, admin: dict[str, str], world: World) -> None:
     import lxc  # the harness fills the container's memory; product code never imports it here
     name = await make_container(api, admin)
@@ -283,7 +284,7 @@ async def test_memory_limit_below_current_use_is_400_and_changes_nothing(
         before = f.read()
     limit = _cgroup_file(pid, "memory.limit_in_bytes")
     r = await _patch(api, admin, name, {"memory_limit": "2M", "autostart": True})
-    assert r.status == 400, await r.text()
+    assert r.status == 409, await r.text()
     assert (await r.json())["error"].startswith("memory_limit")
     assert _cgroup_file(pid, "memory.limit_in_bytes") == limit
     with open(path) as f:
