@@ -262,7 +262,10 @@ class Api:
         for key in body:
             if key not in ops.CONFIG_SETTINGS:
                 raise invalid(rules.shown(key), "unknown field")
-        args: dict[str, Any] = {key: value for key, value in body.items() if value is not None}
+        # JSON Schema's integer is any number without a fraction: 274.0 is 274.
+        args: dict[str, Any] = {
+            key: int(value) if isinstance(value, float) and value.is_integer() else value
+            for key, value in body.items() if value is not None}
         args.update(name=name, unset=[key for key, value in body.items() if value is None])
         await self.call(request, ops.decode_args("set_container_config", args))
         return web.json_response(OK)

@@ -219,7 +219,8 @@ async def test_autostart_shows_in_get_and_null_removes_it(api: Any, admin: dict[
                                                           world: World) -> None:
     name = await make_container(api, admin)
     body = {"autostart": True, "autostart_delay": 5, "autostart_order": -2}
-    assert (await _patch(api, admin, name, body)).status == 200
+    # 5.0 is JSON Schema's integer 5 too.
+    assert (await _patch(api, admin, name, {**body, "autostart_delay": 5.0})).status == 200
     config = await _get(api, admin, name)
     assert {k: config[k] for k in body} == body
     assert (await _patch(api, admin, name, {"autostart": None,
