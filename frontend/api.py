@@ -248,6 +248,28 @@ class Api:
                     raise invalid(key, "must be a non-negative integer")
         return web.json_response(await self.call(request, ops.QueryAudit(**values)))
 
+    async def container_config(self, request: web.Request) -> web.Response:
+        """Limits and autostart in force, and where they were read (cgroup or config)."""
+        req = ops.ContainerConfig(request.match_info["name"])
+        return web.json_response(await self.call(request, req))
+
+    async def set_container_config(self, request: web.Request) -> web.Response:
+        """Change limits and autostart: given fields are set, null ones removed, others kept.
+        The body goes through the wire's own strict decoder: one type rule on both sides."""
+        name = rules.container_name(request.match_info["name"])
+        self.permit(request)
+        body = await json_object(request)
+        for key in body:
+            if key not in ops.CONFIG_SETTINGS:
+                raise invalid(rules.shown(key), "unknown field")
+        # JSON Schema's integer is any number without a fraction: 274.0 is 274.
+        args: dict[str, Any] = {
+            key: int(value) if isinstance(value, float) and value.is_integer() else value
+            for key, value in body.items() if value is not None}
+        args.update(name=name, unset=[key for key, value in body.items() if value is None])
+        await self.call(request, ops.decode_args("set_container_config", args))
+        return web.json_response(OK)
+
 
 CONTAINER = "/api/v1/containers/{name}"
 # The route table: the one source of what is served and of what the OpenAPI document says.
@@ -283,6 +305,12 @@ ROUTES = (
           errors=(400, 500), query=AUDIT_TEXT + AUDIT_NUMBERS),
     Route("GET", "/api/v1/host", Api.host_report, (ops.HostReport,),
           "what makes containers work or fail on this host (admin tokens)", "HostReport"),
+    Route("GET", CONTAINER + "/config", Api.container_config, (ops.ContainerConfig,),
+          "limits and autostart in force: from the cgroup while running, else the config",
+          "ContainerConfig", errors=(400, 404)),
+    Route("PATCH", CONTAINER + "/config", Api.set_container_config, (ops.SetContainerConfig,),
+          "set limits (live while running, and in the config) and autostart; null removes",
+          "Ok", body="ContainerConfigChange", errors=(409, 500)),
 )
 
 

@@ -221,6 +221,32 @@ SCHEMAS["HostReport"] = {"type": "array", "items": _object(
     ["check", "status", "detail", "fix"], check={"type": "string"},
     status={"enum": ["ok", "warning", "problem"]}, detail={"type": "string"},
     fix={"type": "string"})}
+SIZE_WORDS = "bytes, or digits and a unit M, G or T (powers of 1024)"
+SIZE: dict[str, Any] = {"description": SIZE_WORDS,
+        "oneOf": [{"type": "integer", "minimum": rules.SIZE_MIN, "maximum": rules.SIZE_MAX},
+                  {"type": "string", "pattern": _anchored(rules.SIZE_RE)}]}
+CONFIG_VALUES: dict[str, dict[str, Any]] = {
+    "memory_limit": SIZE,
+    "memory_swap_limit": {**SIZE, "description": "cgroup v1: memory and swap together; "
+                                                 "v2: swap alone. " + SIZE_WORDS},
+    "cpus": {**_string(rules.CPUSET_RE), "description": "a cpuset list such as 0-1,3"},
+    "cpu_weight": {"type": "integer", "minimum": rules.CPU_WEIGHT_MIN,
+                   "maximum": rules.CPU_WEIGHT_MAX},
+    "autostart": {"type": "boolean"},
+    "autostart_delay": {"type": "integer", "minimum": 0, "maximum": rules.AUTOSTART_DELAY_MAX},
+    "autostart_order": {"type": "integer", "minimum": -rules.AUTOSTART_ORDER_MAX,
+                        "maximum": rules.AUTOSTART_ORDER_MAX},
+}
+assert set(CONFIG_VALUES) == set(ops.CONFIG_SETTINGS)
+SCHEMAS["ContainerConfigChange"] = {
+    **_object([], **{key: {"oneOf": [value, {"type": "null"}],
+                           "description": "null removes the setting"}
+                     for key, value in CONFIG_VALUES.items()}),
+    "minProperties": 1}
+SCHEMAS["ContainerConfig"] = _object(
+    ["name", "source", "cgroup", *ops.CONFIG_SETTINGS], name=NAME,
+    source={"enum": ["cgroup", "config"]}, cgroup={"enum": ["v1", "v2"]},
+    **{key: {"type": ["integer", "string", "boolean", "null"]} for key in ops.CONFIG_SETTINGS})
 SCHEMAS["TokenList"] = {"type": "array", "items": _ref("TokenRecord")}
 SCHEMAS["OpenApi"] = {"type": "object", "required": ["openapi", "paths"]}
 

@@ -9,6 +9,7 @@ monitor run by root: liblxc is never left to believe whoever holds the command s
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -20,7 +21,7 @@ from typing import Any
 
 import lxc
 
-from helperd import cgroupstats, lxclog, monitor, netaddr, rootfs, templates
+from helperd import cgrouplimits, cgroupstats, lxclog, monitor, netaddr, rootfs, templates
 from helperd.config import HelperConfig
 from protocol import ops, rules
 from protocol.config import ConfigError
@@ -34,6 +35,10 @@ RUNNING = frozenset({"RUNNING", "FROZEN"})
 DIRECTORY_STORES = frozenset({"", "dir", "btrfs"})
 STATE_WAIT = 10.0  # seconds for a started container to run, a stopped one to be gone
 STATE_POLL = 0.02
+# Errors with which a cgroup file refuses a value it cannot take now (EBUSY: a memory limit
+# below what the container uses; EINVAL: CPUs the host lacks): a well-formed value the
+# container's present state refuses, a 409 naming the setting.
+REFUSED_VALUE = frozenset({errno.EBUSY, errno.EINVAL, errno.ERANGE})
 
 
 def _state_error(name: str, state: str, action: str) -> LwpError:
@@ -374,6 +379,78 @@ class Containers:
         if os.path.lexists(path):
             shutil.rmtree(path, ignore_errors=True)
 
+    # -- limits and autostart (issue #13 section 3; helperd/cgrouplimits.py translates) -----
+
+    def _cgroup_version(self) -> str:
+        """v1 where the memory controller is a v1 hierarchy (this hybrid host), else v2."""
+        return cgrouplimits.V1 if "memory" in self.v1_mounts else cgrouplimits.V2
+
+    def container_config(self, req: ops.ContainerConfig) -> dict[str, Any]:
+        """The settings in force: a running container's limits from its cgroup, a stopped
+        one's from its config (`source` says which); autostart always from the config."""
+        c = self._existing(req.name, "not-found")
+        version = self._cgroup_version()
+        limits = None
+        if self._state(req.name) in RUNNING:
+            try:
+                with monitor.Cgroups(self.cfg.lxcpath, req.name, self.v1_mounts) as cg:
+                    limits = _read_cgroup(cg, version)
+            except monitor.Untrusted:
+                limits = None  # monitor.py has logged who holds the name: not running
+        source = "config" if limits is None else "cgroup"
+        if limits is None:
+            limits = {setting: limit.into(version, _last(c.get_config_item,
+                                                         cgrouplimits.config_key(setting,
+                                                                                 version)))
+                      for setting, limit in cgrouplimits.LIMITS.items()}
+        autostart = {setting: cgrouplimits.autostart_value(setting, _last(c.get_config_item,
+                                                                          key))
+                     for setting, key in cgrouplimits.AUTOSTART.items()}
+        autostart["autostart"] = bool(autostart["autostart"])
+        return {"name": req.name, "source": source, "cgroup": version, **limits, **autostart}
+
+    def set_container_config(self, req: ops.SetContainerConfig) -> None:
+        """Apply the limits live (a running container), then persist every change through
+        liblxc's config API; a refused live change changes nothing, and a failed save puts
+        the live values back."""
+        c = self._existing(req.name)
+        changes = req.changes()
+        version = self._cgroup_version()
+        live = {s: v for s, v in changes.items() if s in cgrouplimits.LIMITS}
+        if not live or self._trusted_state(req.name, "configure") not in RUNNING:
+            self._persist(c, version, changes)
+            return
+        with _refusing(req.name, "configure"), \
+                monitor.Cgroups(self.cfg.lxcpath, req.name, self.v1_mounts) as cg:
+            writes = {cgrouplimits.LIMITS[s].item(version):
+                      (s, cgrouplimits.cgroup_value(s, version, v, _host_cpus()))
+                      for s, v in live.items()}
+            before = {item: (setting, _current(cg, item, setting))
+                      for item, (setting, _value) in writes.items()}
+            _write_all(cg, req.name, writes)
+            try:
+                self._persist(c, version, changes)
+            except BaseException:
+                with contextlib.suppress(LwpError):  # the save's failure is the one to report
+                    _write_all(cg, req.name, before)
+                raise
+
+    @staticmethod
+    def _persist(c: Any, version: str, changes: dict[str, ops.ConfigValue]) -> None:
+        """Each change as config lines through liblxc (which keeps every other line as it
+        is, duplicate keys included): the setting's lines cleared, its new one set."""
+        for setting, value in changes.items():
+            for key in cgrouplimits.config_keys(setting):
+                c.clear_config_item(key)
+            if value is None:
+                continue
+            key = cgrouplimits.AUTOSTART.get(setting) or cgrouplimits.config_key(setting,
+                                                                                  version)
+            if not c.set_config_item(key, cgrouplimits.config_value(setting, version, value)):
+                raise LwpError("operation-failed", f"liblxc refused {key} for {c.name!r}")
+        if not c.save_config():
+            raise LwpError("operation-failed", f"cannot save the config of {c.name!r}")
+
 
 def start_as_unit(method: str, lxcpath: str) -> bool:
     """Whether containers start as lxc@NAME.service units rather than from a forked child.
@@ -459,3 +536,71 @@ def default_network(path: str) -> tuple[str, str]:
 
 def lxc_version() -> str:
     return str(lxc.version)
+
+
+def _last(getter: Any, key: str) -> str:
+    """A config key's value as liblxc reads it: the last of a list, "" when unset."""
+    try:
+        value = getter(key)
+    except KeyError:
+        return ""
+    if isinstance(value, list):
+        return str(value[-1]) if value else ""
+    return value if isinstance(value, str) else ""
+
+
+def _read_cgroup(cg: monitor.Cgroups, version: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for setting, limit in cgrouplimits.LIMITS.items():
+        try:
+            out[setting] = limit.into(version, cg.get(limit.item(version)))
+        except (KeyError, ValueError):  # a controller or file this kernel lacks (memsw)
+            out[setting] = None
+    return out
+
+
+def _current(cg: monitor.Cgroups, item: str, setting: str) -> str:
+    try:
+        return cg.get(item).strip()
+    except (KeyError, ValueError) as exc:
+        raise invalid(setting, f"this host's cgroup has no {item}: {exc}") from None
+
+
+def _write_all(cg: monitor.Cgroups, name: str, writes: dict[str, tuple[str, str]]) -> None:
+    """Write each item; one refused for now (v1's memsw must stay at or above the memory
+    limit, so raising both needs memsw first) is tried again after the others. On a final
+    refusal, what was written is put back: nothing changes."""
+    done: dict[str, str] = {}
+    pending = dict(writes)
+    while pending:
+        refused: dict[str, tuple[str, str]] = {}
+        failures: list[OSError] = []
+        for item, (setting, value) in pending.items():
+            try:
+                previous = cg.get(item).strip()
+                cg.put(item, value)
+                done.setdefault(item, previous)
+            except OSError as exc:
+                refused[item] = (setting, value)
+                failures.append(exc)
+        if len(refused) == len(pending):  # no progress: give up, and undo
+            for item in reversed(list(done)):
+                with contextlib.suppress(OSError):
+                    cg.put(item, done[item])
+            item, (setting, value) = next(iter(refused.items()))
+            failure = failures[0]
+            if failure.errno in REFUSED_VALUE:
+                raise LwpError("invalid-state", f"{setting}: container {name!r}'s {item} "
+                                                f"refused {value!r} ({failure.strerror})")
+            raise LwpError("operation-failed", f"cannot write {item} of {name!r}: "
+                                               f"{failure.strerror}")
+        pending = refused
+
+
+def _host_cpus() -> str:
+    """Every CPU online: what v1's cpuset.cpus holds when no setting restricts it."""
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            return f.read().strip()
+    except OSError:
+        return "0"

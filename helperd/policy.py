@@ -175,6 +175,8 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule("list_tokens", TOKEN_READ, list_tokens),
     Rule("query_audit", HOST_READ, query_audit),
     Rule("host_report", HOST_READ, host_report),
+    Rule("container_config", READ, Containers.container_config),
+    Rule("set_container_config", CONTAINER_CHANGE, Containers.set_container_config),
 )}
 
 

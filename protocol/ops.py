@@ -97,6 +97,63 @@ class DestroyContainer:
         rules.container_name(self.name)
 
 
+class ContainerConfig(_Named):
+    """The limits and autostart settings in force (issue #13 section 3)."""
+
+
+# The settings GET .../config reports and PATCH changes, in the order the helper applies them.
+CONFIG_SETTINGS = ("memory_limit", "memory_swap_limit", "cpus", "cpu_weight", "autostart",
+                   "autostart_delay", "autostart_order")
+ConfigValue = int | str | bool | None
+
+
+@dataclass(frozen=True)
+class SetContainerConfig:
+    """Change some settings: a field left None is left alone; one named in `unset` (JSON
+    null) is removed. Sizes arrive as bytes or "512M" and are kept as bytes."""
+
+    name: str
+    memory_limit: int | str | None = None
+    memory_swap_limit: int | str | None = None
+    cpus: str | None = None
+    cpu_weight: int | None = None
+    autostart: bool | None = None
+    autostart_delay: int | None = None
+    autostart_order: int | None = None
+    unset: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        rules.container_name(self.name)
+        for key in ("memory_limit", "memory_swap_limit"):
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, rules.size(value, key))
+        if self.cpus is not None:
+            rules.cpuset(self.cpus)
+        if self.cpu_weight is not None:
+            rules.bounded(self.cpu_weight, "cpu_weight", rules.CPU_WEIGHT_MIN,
+                          rules.CPU_WEIGHT_MAX)
+        if self.autostart_delay is not None:
+            rules.bounded(self.autostart_delay, "autostart_delay", 0, rules.AUTOSTART_DELAY_MAX)
+        if self.autostart_order is not None:
+            rules.bounded(self.autostart_order, "autostart_order", -rules.AUTOSTART_ORDER_MAX,
+                          rules.AUTOSTART_ORDER_MAX)
+        if len(set(self.unset)) != len(self.unset):
+            raise invalid("unset", "names a setting twice")
+        for key in self.unset:
+            if key not in CONFIG_SETTINGS:
+                raise invalid("unset", f"{rules.shown(key)} is not a setting")
+            if getattr(self, key) is not None:
+                raise invalid(key, "is both given and removed")
+        if not self.changes():
+            raise invalid("body", f"give at least one of {', '.join(CONFIG_SETTINGS)}")
+
+    def changes(self) -> dict[str, ConfigValue]:
+        """setting -> its new value (None: remove it), in CONFIG_SETTINGS order."""
+        return {key: getattr(self, key) for key in CONFIG_SETTINGS
+                if key in self.unset or getattr(self, key) is not None}
+
+
 @dataclass(frozen=True)
 class CreateToken:
     token: str | None = None
@@ -191,7 +248,8 @@ class QueryAudit:
 
 Request = (ListContainers | ContainerInfo | StartContainer | StopContainer | FreezeContainer
            | UnfreezeContainer | RestartContainer | CreateContainer | CloneContainer
-           | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit | HostReport)
+           | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit | HostReport
+           | ContainerConfig | SetContainerConfig)
 
 
 @dataclass(frozen=True)
@@ -221,6 +279,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("list_tokens", ListTokens, "admin", 30),
     Op("query_audit", QueryAudit, "admin", 60),
     Op("host_report", HostReport, "admin", 60),
+    Op("container_config", ContainerConfig, "read", 30),
+    Op("set_container_config", SetContainerConfig, "operate", 60),
 )}
 OP_OF_REQUEST: dict[type, Op] = {op.request: op for op in OPS.values()}
 

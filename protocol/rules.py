@@ -258,3 +258,51 @@ def description(value: str) -> str:
     if len(value) > MAX_DESCRIPTION or not value.isprintable():
         raise invalid("description", f"must be at most {MAX_DESCRIPTION} printable characters")
     return value
+
+
+# -- container limits and autostart (issue #13 section 3) ------------------------------------
+# A size: bytes as an integer, or digits and a binary unit ("512M" is 512 MiB, "2G", "1T").
+# Bounded below so that no container is given a limit nothing runs in (1M, the smallest string),
+# and above by what cgroups hold; the string's digits are bounded so it stays under SIZE_MAX.
+SIZE_RE = re.compile(r"(?:([1-9][0-9]{0,11})M|([1-9][0-9]{0,8})G|([1-9][0-9]{0,5})T)")
+SIZE_UNITS = (1 << 20, 1 << 30, 1 << 40)
+SIZE_MIN = 1 << 20
+SIZE_MAX = 1 << 60
+# A cpuset list as the kernel reads it: "0-1,3". CPU numbers up to CPUS_MAX, few items.
+CPUSET_RE = re.compile(r"[0-9]{1,4}(-[0-9]{1,4})?(,[0-9]{1,4}(-[0-9]{1,4})?){0,63}")
+CPUS_MAX = 4095
+# cgroup v2's cpu.weight range (v1's cpu.shares is translated from it by the helper).
+CPU_WEIGHT_MIN, CPU_WEIGHT_MAX = 1, 10000
+AUTOSTART_DELAY_MAX = 3600  # seconds between this container's start and the next one's
+AUTOSTART_ORDER_MAX = 10000  # lxc.start.order: higher starts first; -MAX..MAX
+
+
+def size(value: int | str, field: str) -> int:
+    """A size in bytes from an integer or a string such as "512M"; in [SIZE_MIN, SIZE_MAX]."""
+    if isinstance(value, str):
+        match = SIZE_RE.fullmatch(value)
+        if match is None:
+            raise invalid(field, "must be bytes as an integer or a string such as \"512M\" "
+                                 "or \"2G\" (units M, G, T: powers of 1024)")
+        value = next(int(digits) * unit for digits, unit in zip(match.groups(), SIZE_UNITS,
+                                                                strict=True) if digits)
+    if type(value) is not int or not SIZE_MIN <= value <= SIZE_MAX:
+        raise invalid(field, f"must be between {SIZE_MIN} (1M) and {SIZE_MAX} bytes")
+    return value
+
+
+def cpuset(value: str, field: str = "cpus") -> str:
+    """A cpuset list ("0-1,3"): numbers up to CPUS_MAX, each range low to high."""
+    if not CPUSET_RE.fullmatch(value):
+        raise invalid(field, "must be a list of CPU numbers and ranges such as \"0-1,3\"")
+    for item in value.split(","):
+        low, _, high = item.partition("-")
+        if int(low) > CPUS_MAX or (high and not int(low) <= int(high) <= CPUS_MAX):
+            raise invalid(field, f"CPU numbers go up to {CPUS_MAX}, each range low to high")
+    return value
+
+
+def bounded(value: int, field: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise invalid(field, f"must be an integer from {low} to {high}")
+    return value

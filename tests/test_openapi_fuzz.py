@@ -90,6 +90,9 @@ def narrowed_schema(live: Live, path: str) -> None:
     create["template"] = {"enum": [*TEMPLATES, None]}
     create["store"] = {"enum": [*STORES, None]}
     create["xargs"] = {"enum": [None, "", []]}
+    # This host's CPUs (a cpuset list's range order and the host's CPUs are not a pattern).
+    config = doc["components"]["schemas"]["ContainerConfigChange"]["properties"]
+    config["cpus"] = {"enum": ["0", "0-1", "1", "0,1", None]}
     with open(path, "w") as f:
         json.dump(doc, f)
 
