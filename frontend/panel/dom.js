@@ -1,6 +1,6 @@
 // DOM building for the panel: every value from the API becomes a text node, never markup.
 // Invariant: nothing here (or anywhere in the panel) assigns innerHTML, outerHTML or
-// insertAdjacentHTML, or calls document.write; an attribute is set by name, never an on* one.
+// insertAdjacentHTML, or writes the document; an attribute is set by name, never an on* one.
 
 const FORBIDDEN_ATTRIBUTE = /^on|^style$|^srcdoc$/i;
 
