@@ -77,7 +77,8 @@ export function auditTable(ctx, filters, title) {
       h("thead", {}, h("tr", {}, COLUMNS.map((c) => h("th", {scope: "col"}, c)))), body)),
     status, h("div", {class: "buttons"}, previous, next));
   load();
-  return {node, search(values) { wanted = values; cursors.length = 1; page = 0; load(); }};
+  return {node, reload: load,
+          search(values) { wanted = values; cursors.length = 1; page = 0; load(); }};
 }
 
 export function auditPage(ctx) {

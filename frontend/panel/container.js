@@ -30,6 +30,7 @@ export function containerPage(ctx, name) {
       if (stopped) return;
       const now = String(info.state).toLowerCase();
       if (now !== state) {
+        if (state !== null && audit) audit.reload(); // a change was made: its records are new
         state = now;
         fill(values.get("state"), stateLabel(now));
         renderActions(actions, ctx, name, now, (action, destroyed) => {

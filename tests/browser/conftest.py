@@ -146,7 +146,8 @@ def driver() -> Iterator[WebDriver]:
 def browser(driver: WebDriver, panel: Panel) -> Iterator[WebDriver]:
     """The session's browser, signed out and on a blank page at the start of each test."""
     driver.get("about:blank")
-    driver.delete_all_cookies()
+    # Every cookie of every origin (delete_all_cookies() reaches only the page shown).
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
     if panel.proxy is not None:
         panel.proxy.sessions.clear()
     driver.get_log("browser")  # drop what earlier tests left
