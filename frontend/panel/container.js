@@ -38,7 +38,7 @@ export function containerPage(ctx, name) {
           else refresh();
         });
       }
-      for (const [key] of FIELDS.slice(1)) setText(values.get(key), info[key] === undefined ? "—" : info[key]);
+      for (const [key] of FIELDS.slice(1)) setText(values.get(key), info[key] === undefined || info[key] === null ? "—" : info[key]);
       setText(updated, `Updated ${new Date().toLocaleTimeString()}`);
     } catch (error) {
       if (error.status !== 401) setText(updated, `Not updated: ${error.shown || error.message}`);

@@ -10,8 +10,16 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from protocol import ops
-from tests.browser.conftest import (Panel, buttons, find, record_page, sign_in, start_proxy,
-                                    wait_for, wait_result)
+from tests.browser.conftest import (
+    Panel,
+    buttons,
+    find,
+    record_page,
+    sign_in,
+    start_proxy,
+    wait_for,
+    wait_result,
+)
 
 pytestmark = pytest.mark.lxc
 # Markup an attacker may put where the panel shows text: a token's description, an audit
@@ -22,7 +30,7 @@ HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</scrip
 def info(browser: WebDriver) -> dict[str, str]:
     terms = browser.find_elements(By.CSS_SELECTOR, "dl.info dt")
     values = browser.find_elements(By.CSS_SELECTOR, "dl.info dd")
-    return {t.text: v.text for t, v in zip(terms, values)}
+    return {t.text: v.text for t, v in zip(terms, values, strict=True)}
 
 
 def test_container_page_shows_live_info_and_its_audit_records(
@@ -67,7 +75,8 @@ def test_tokens_create_shows_the_secret_once_with_copy_and_revoke(
     sign_in(browser, panel, panel.admin, "#/tokens")
     find(browser, "#tokens tbody tr")
     description = f"panel test {time.time()}"
-    browser.find_element(By.CSS_SELECTOR, "#token-form input[name=description]").send_keys(description)
+    form = browser.find_element(By.ID, "token-form")
+    form.find_element(By.CSS_SELECTOR, "input[name=description]").send_keys(description)
     Select(browser.find_element(By.CSS_SELECTOR, "#token-form select")).select_by_value("operate")
     browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
     secret = find(browser, "#new-secret").text
@@ -75,8 +84,8 @@ def test_tokens_create_shows_the_secret_once_with_copy_and_revoke(
     assert made["scope"] == "operate"
     assert len(secret) >= 20
     find(browser, "#copy-secret").click()
-    wait_for(browser, lambda d: "Cop" in d.find_element(By.CSS_SELECTOR, ".secret [role=status]").text
-             or "Selected" in d.find_element(By.CSS_SELECTOR, ".secret [role=status]").text,
+    copied = browser.find_element(By.CSS_SELECTOR, ".secret [role=status]")
+    wait_for(browser, lambda d: copied.text in ("Copied.", "Selected: press Ctrl+C to copy."),
              "the copy to be confirmed")
     record_page(browser, "tokens")
     # The secret works, and is gone once the admin leaves the page.

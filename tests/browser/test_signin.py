@@ -6,8 +6,15 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.browser.conftest import (REAL_SESSIONS, Panel, find, record_page, sign_in,
-                                    wait_for, wait_result)
+from tests.browser.conftest import (
+    REAL_SESSIONS,
+    Panel,
+    find,
+    record_page,
+    sign_in,
+    wait_for,
+    wait_result,
+)
 
 pytestmark = pytest.mark.lxc
 
@@ -43,7 +50,8 @@ def test_unknown_token_is_refused_with_the_apis_message(browser: WebDriver, pane
     assert "Error:" in text  # said in words, not only in red
     assert browser.find_element(By.ID, "nav").get_attribute("hidden") is not None
     # The refused secret was cleared from the form: no secret stays in the DOM.
-    assert browser.find_element(By.CSS_SELECTOR, "#sign-in-token input").get_attribute("value") == ""
+    box = browser.find_element(By.CSS_SELECTOR, "#sign-in-token input")
+    assert box.get_attribute("value") == ""
 
 
 def test_sign_out_ends_the_session_on_the_server(browser: WebDriver, panel: Panel) -> None:
