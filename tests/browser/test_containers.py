@@ -9,8 +9,19 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from protocol import ops
-from tests.browser.conftest import (Panel, buttons, find, record_page, row, row_state, settle,
-                                    sign_in, wait_for, wait_result, wait_state)
+from tests.browser.conftest import (
+    Panel,
+    buttons,
+    find,
+    record_page,
+    row,
+    row_state,
+    settle,
+    sign_in,
+    wait_for,
+    wait_result,
+    wait_state,
+)
 
 pytestmark = pytest.mark.lxc
 
