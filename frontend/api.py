@@ -231,6 +231,9 @@ class Api:
                          "fix": "" if same else "systemctl restart lwp-frontend"})
         return web.json_response(findings)
 
+    async def list_templates(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.call(request, ops.ListTemplates()))
+
     async def list_tokens(self, request: web.Request) -> web.Response:
         return web.json_response(await self.call(request, ops.ListTokens()))
 
@@ -283,6 +286,9 @@ ROUTES = (
           errors=(400, 500), query=AUDIT_TEXT + AUDIT_NUMBERS),
     Route("GET", "/api/v1/host", Api.host_report, (ops.HostReport,),
           "what makes containers work or fail on this host (admin tokens)", "HostReport"),
+    Route("GET", "/api/v1/templates", Api.list_templates, (ops.ListTemplates,),
+          "the templates, their options (and allowed values) and the stores a create may name",
+          "TemplateCatalogue"),
 )
 
 

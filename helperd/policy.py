@@ -135,6 +135,20 @@ def host_report(h: Helper, req: ops.HostReport) -> Any:
     return doctor.report(h.cfg)
 
 
+def list_templates(h: Helper, req: ops.ListTemplates) -> Any:
+    """What a create may name, from the configuration the helper checks creates against: a
+    client offers these choices (an option's `values` is null when its value is free text)."""
+    cfg = h.cfg
+
+    def options(template: str) -> list[dict[str, Any]]:
+        values = cfg.template_values.get(template, {})
+        return [{"name": o, "values": sorted(values[o]) if o in values else None}
+                for o in sorted(cfg.template_options.get(template, ()))]
+
+    return {"templates": [{"name": t, "options": options(t)} for t in sorted(cfg.templates)],
+            "stores": sorted(cfg.stores)}
+
+
 def _freeze_timeout(cfg: HelperConfig) -> float:
     return cfg.freeze_timeout
 
@@ -175,6 +189,7 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule("list_tokens", TOKEN_READ, list_tokens),
     Rule("query_audit", HOST_READ, query_audit),
     Rule("host_report", HOST_READ, host_report),
+    Rule("list_templates", HOST_READ, list_templates),
 )}
 
 

@@ -137,6 +137,11 @@ class HostReport:
     """What makes containers work or fail on this host (helperd/doctor.py's findings)."""
 
 
+@dataclass(frozen=True)
+class ListTemplates:
+    """The helper's allow-lists for a create: templates, their options and values, stores."""
+
+
 # What came of a request, as the audit trail records it.
 AUDIT_OUTCOMES = ("ok", "denied", "invalid", "error", "timeout", "interrupted")
 AUDIT_MAX_LIMIT = 500
@@ -191,7 +196,8 @@ class QueryAudit:
 
 Request = (ListContainers | ContainerInfo | StartContainer | StopContainer | FreezeContainer
            | UnfreezeContainer | RestartContainer | CreateContainer | CloneContainer
-           | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit | HostReport)
+           | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit | HostReport
+           | ListTemplates)
 
 
 @dataclass(frozen=True)
@@ -221,6 +227,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("list_tokens", ListTokens, "admin", 30),
     Op("query_audit", QueryAudit, "admin", 60),
     Op("host_report", HostReport, "admin", 60),
+    # Read scope: a client that may only look is shown what a create could name, nothing more.
+    Op("list_templates", ListTemplates, "read", 30),
 )}
 OP_OF_REQUEST: dict[type, Op] = {op.request: op for op in OPS.values()}
 
