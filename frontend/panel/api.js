@@ -15,6 +15,17 @@ export class ApiError extends Error {
   }
 }
 
+// Polls stop once the user has done nothing for this long (or the tab is hidden), so that an
+// open but forgotten panel lets its session reach the server's idle lifetime.
+export const POLL_IDLE_LIMIT_MS = 10 * 60 * 1000;
+let lastInput = Date.now();
+for (const event of ["keydown", "pointerdown", "wheel", "touchstart"]) {
+  window.addEventListener(event, () => { lastInput = Date.now(); }, {passive: true, capture: true});
+}
+export function pollPaused() {
+  return document.hidden || Date.now() - lastInput > POLL_IDLE_LIMIT_MS;
+}
+
 const signedOut = [];
 export function onSignedOut(listener) {
   signedOut.push(listener);

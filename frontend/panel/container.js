@@ -1,7 +1,7 @@
 // One container: the seed's info fields, polled in place, its actions, and (for an admin) its
 // audit records.
 import {h, fill, setText} from "./dom.js";
-import {api} from "./api.js";
+import {api, pollPaused} from "./api.js";
 import {allows, renderActions, stateLabel} from "./actions.js";
 import {auditTable} from "./audit.js";
 import {POLL_MS} from "./overview.js";
@@ -25,6 +25,11 @@ export function containerPage(ctx, name) {
 
   async function refresh() {
     clearTimeout(timer);
+    if (state !== null && pollPaused()) {
+      setText(updated, "Paused while you are away: press any key or click to resume.");
+      timer = setTimeout(refresh, POLL_MS / 3);
+      return;
+    }
     try {
       const info = await api("GET", `api/v1/containers/${encodeURIComponent(name)}`);
       if (stopped) return;

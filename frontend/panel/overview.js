@@ -2,7 +2,7 @@
 // with counts; polled in place (rows are kept and only changed text is rewritten), so a poll
 // moves neither the scroll position nor the keyboard focus.
 import {h, fill, setText, field, select, on} from "./dom.js";
-import {api} from "./api.js";
+import {api, pollPaused} from "./api.js";
 import {renderActions, stateLabel} from "./actions.js";
 
 export const POLL_MS = 3000;
@@ -83,6 +83,11 @@ export function overview(ctx) {
 
   async function refresh() {
     clearTimeout(timer);
+    if (rows.size && pollPaused()) {
+      setText(updated, "Paused while you are away: press any key or click to resume.");
+      timer = setTimeout(refresh, POLL_MS / 3);
+      return;
+    }
     try {
       const list = await api("GET", "api/v1/containers");
       if (stopped) return;
