@@ -93,14 +93,17 @@ class Panel:
             self.call(ops.StartContainer(name))
         return name
 
-    def end_sessions(self) -> None:
-        """Every browser session ends server-side (as an idle timeout or a revocation does)."""
+    def end_session(self, driver: WebDriver) -> None:
+        """The browser's session ends server-side (as its idle lifetime running out does)."""
         if self.proxy is not None:
             self.proxy.sessions.clear()
             return
-        for token in self.call(ops.ListTokens()):
-            if token.get("kind") == "session":
-                self.call(ops.RevokeToken(id=token["id"]))
+        # A session is a token of kind session in the same store: revoked by its id.
+        me = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch('api/v1/session', {credentials: 'same-origin'}).then((r) => r.json())"
+            ".then(done);")
+        self.call(ops.RevokeToken(id=int(me["id"])))
 
 
 def start_proxy(live: Live, prefix: str, world: World) -> Proxy:

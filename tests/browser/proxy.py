@@ -17,9 +17,10 @@ from multidict import CIMultiDict
 
 from frontend.auth import TokenReader
 
-# Hop-by-hop headers (RFC 9110 7.6.1) and those aiohttp sets itself.
+# Hop-by-hop headers (RFC 9110 7.6.1) and the length aiohttp sets itself. Host goes through,
+# as `proxy_set_header Host $host` does: the frontend compares a change's Origin with it.
 DROPPED = {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer",
-           "proxy-authorization", "proxy-authenticate", "content-length", "host"}
+           "proxy-authorization", "proxy-authenticate", "content-length"}
 COOKIE = "lwp_standin"
 
 

@@ -70,7 +70,7 @@ def test_sign_out_ends_the_session_on_the_server(browser: WebDriver, panel: Pane
 def test_an_ended_session_brings_back_the_sign_in_form(browser: WebDriver, panel: Panel) -> None:
     sign_in(browser, panel, panel.read)
     find(browser, "#containers")
-    panel.end_sessions()  # as the idle lifetime running out does
+    panel.end_session(browser)  # as the idle lifetime running out does
     wait_for(browser, lambda d: d.find_elements(By.ID, "sign-in-token"),
              "the next poll to find the session gone")
     wait_result(browser, "Your session has ended")
