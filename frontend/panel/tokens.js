@@ -57,6 +57,9 @@ export function tokensPage(ctx) {
         }
       }, {id: "copy-secret"}), " ", copied));
     secretBox.hidden = false;
+    // Where the admin is: the form is below the list, the secret above it.
+    secretBox.scrollIntoView({block: "center"});
+    document.getElementById("copy-secret").focus();
   }
 
   const description = h("input", {name: "description", type: "text", maxlength: "256", autocomplete: "off"});
