@@ -231,6 +231,9 @@ class Api:
                          "fix": "" if same else "systemctl restart lwp-frontend"})
         return web.json_response(findings)
 
+    async def list_templates(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.call(request, ops.ListTemplates()))
+
     async def list_tokens(self, request: web.Request) -> web.Response:
         return web.json_response(await self.call(request, ops.ListTokens()))
 
@@ -311,6 +314,9 @@ ROUTES = (
     Route("PATCH", CONTAINER + "/config", Api.set_container_config, (ops.SetContainerConfig,),
           "set limits (live while running, and in the config) and autostart; null removes",
           "Ok", body="ContainerConfigChange", errors=(409, 500)),
+    Route("GET", "/api/v1/templates", Api.list_templates, (ops.ListTemplates,),
+          "the templates, their options (and allowed values) and the stores a create may name",
+          "TemplateCatalogue"),
 )
 
 

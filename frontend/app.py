@@ -9,6 +9,7 @@ from frontend import openapi
 from frontend.api import LIMITED_TOKENS, Api
 from frontend.auth import TokenReader
 from frontend.config import FrontendConfig
+from frontend.pages import Pages
 from frontend.ratelimit import AuthFailures, FailureLimiter, LogLimiter
 from protocol.client import HelperClient
 from protocol.limits import Buckets
@@ -28,6 +29,7 @@ def make_app(cfg: FrontendConfig) -> web.Application:
     app = web.Application(middlewares=[api.errors, api.authenticate],
                           client_max_size=cfg.max_body)
     app.add_routes(api.routes())
+    app.add_routes(Pages().routes())  # the web panel: static files, no authentication
 
     async def close_client(_app: web.Application) -> None:
         await client.close()

@@ -249,6 +249,15 @@ SCHEMAS["ContainerConfig"] = _object(
     **{key: {"type": ["integer", "string", "boolean", "null"]} for key in ops.CONFIG_SETTINGS})
 SCHEMAS["TokenList"] = {"type": "array", "items": _ref("TokenRecord")}
 SCHEMAS["OpenApi"] = {"type": "object", "required": ["openapi", "paths"]}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+SCHEMAS["TemplateCatalogue"] = _object(
+    ["templates", "stores"], stores=_STRINGS,
+    templates={"type": "array", "items": _object(
+        ["name", "options"], name={"type": "string"},
+        options={"type": "array", "items": _object(
+            ["name", "values"], name={"type": "string"},
+            # null: any value of the option's shape; a list: only these
+            values={"type": ["array", "null"], "items": {"type": "string"}})})})
 
 
 @functools.cache

@@ -135,6 +135,20 @@ def host_report(h: Helper, req: ops.HostReport) -> Any:
     return doctor.report(h.cfg)
 
 
+def list_templates(h: Helper, req: ops.ListTemplates) -> Any:
+    """What a create may name, from the configuration the helper checks creates against: a
+    client offers these choices (an option's `values` is null when its value is free text)."""
+    cfg = h.cfg
+
+    def options(template: str) -> list[dict[str, Any]]:
+        values = cfg.template_values.get(template, {})
+        return [{"name": o, "values": sorted(values[o]) if o in values else None}
+                for o in sorted(cfg.template_options.get(template, ()))]
+
+    return {"templates": [{"name": t, "options": options(t)} for t in sorted(cfg.templates)],
+            "stores": sorted(cfg.stores)}
+
+
 def _freeze_timeout(cfg: HelperConfig) -> float:
     return cfg.freeze_timeout
 
@@ -177,6 +191,7 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule("host_report", HOST_READ, host_report),
     Rule("container_config", READ, Containers.container_config),
     Rule("set_container_config", CONTAINER_CHANGE, Containers.set_container_config),
+    Rule("list_templates", HOST_READ, list_templates),
 )}
 
 

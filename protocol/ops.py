@@ -194,6 +194,11 @@ class HostReport:
     """What makes containers work or fail on this host (helperd/doctor.py's findings)."""
 
 
+@dataclass(frozen=True)
+class ListTemplates:
+    """The helper's allow-lists for a create: templates, their options and values, stores."""
+
+
 # What came of a request, as the audit trail records it.
 AUDIT_OUTCOMES = ("ok", "denied", "invalid", "error", "timeout", "interrupted")
 AUDIT_MAX_LIMIT = 500
@@ -249,7 +254,8 @@ class QueryAudit:
 Request = (ListContainers | ContainerInfo | StartContainer | StopContainer | FreezeContainer
            | UnfreezeContainer | RestartContainer | CreateContainer | CloneContainer
            | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit | HostReport
-           | ContainerConfig | SetContainerConfig)
+           | ContainerConfig | SetContainerConfig
+           | ListTemplates)
 
 
 @dataclass(frozen=True)
@@ -281,6 +287,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("host_report", HostReport, "admin", 60),
     Op("container_config", ContainerConfig, "read", 30),
     Op("set_container_config", SetContainerConfig, "operate", 60),
+    # Read scope: a client that may only look is shown what a create could name, nothing more.
+    Op("list_templates", ListTemplates, "read", 30),
 )}
 OP_OF_REQUEST: dict[type, Op] = {op.request: op for op in OPS.values()}
 

@@ -1,0 +1,1 @@
+"""Browser tests of the web panel (issue #15): headless Debian chromium through selenium."""
