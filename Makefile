@@ -2,10 +2,12 @@
 PY := /usr/bin/python3
 RUNTIME_DEPS := lxc python3-lxc python3-aiohttp python3-msgpack rsync busybox-static
 # lxc-templates ... distro-info: the debian template the tests enable (helperd/templates.py
-# says what lxc-debian needs each for); the shipped config leaves it off.
+# says what lxc-debian needs each for); the shipped config leaves it off. chromium ...
+# selenium: the panel's browser tests (tests/browser/), headless.
 TEST_DEPS := $(RUNTIME_DEPS) adduser curl iproute2 python3-pytest python3-pytest-aiohttp \
              python3-pytest-timeout python3-mypy python3-venv python3-hypothesis openssl \
-             lxc-templates debootstrap wget distro-info
+             lxc-templates debootstrap wget distro-info \
+             chromium chromium-driver python3-selenium
 VENV := .venv
 APT := DEBIAN_FRONTEND=noninteractive apt-get
 

@@ -49,7 +49,9 @@ PROXY_PORT = 3142
 PROXY_URL = f"http://{HOST_ADDR}:{PROXY_PORT}/"
 # The only tunnels (CONNECT) the proxy opens: PyPI, for what `make test` puts in .venv (ruff,
 # the pinned schemathesis). The index and the files it links to; nothing else over https.
-TUNNELS = frozenset({("pypi.org", 443), ("files.pythonhosted.org", 443)})
+# PyPI for the .venv tools; the npm registry for the browser tests' axe-core (one tarball).
+TUNNELS = frozenset({("pypi.org", 443), ("files.pythonhosted.org", 443),
+                     ("registry.npmjs.org", 443)})
 # The host's CA bundle: it is what this machine's https egress is verified against (an
 # intercepting proxy's CA among them, where there is one); pip in the guest is given a copy.
 HOST_CA = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
@@ -59,8 +61,11 @@ CHECKOUT = "/root/lxc-web-panel"
 PREREQUISITES = ["make", "curl"]
 API_PORT = 5000
 # root's environment at a console (login(1) sets these), without a terminal.
+# And https_proxy, as a host behind a proxy has it (/etc/environment) for HTTPS clients such as
+# the browser tests' fetch of axe-core; loopback is never proxied.
 ROOT_LOGIN = [f"PATH={debtest.PATH}", "HOME=/root", "USER=root", "LOGNAME=root",
-              "SHELL=/bin/bash", "LANG=C.UTF-8"]
+              "SHELL=/bin/bash", "LANG=C.UTF-8", f"https_proxy={PROXY_URL}",
+              "no_proxy=127.0.0.1,localhost,::1"]
 # make test's whole output: outside the test's lxcpath, so that it outlives the cleanup.
 MAKE_TEST_LOG = RUN.parent / "lwp-readme-test-make-test.log"
 README_COMMANDS = ["make run", "make test"]  # the README's commands table, in its order

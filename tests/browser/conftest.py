@@ -4,11 +4,14 @@ and screenshots/axe reports saved under tests/browser/artefacts/ (git-ignored).
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import os
-import subprocess
 import tarfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,25 +52,33 @@ def frontend_has_sessions() -> bool:
 REAL_SESSIONS = frontend_has_sessions()
 
 
+# The registry's own integrity value for AXE_TARBALL (its `dist.integrity`): what is fetched must
+# be exactly that file, whoever served it.
+AXE_TARBALL = f"https://registry.npmjs.org/axe-core/-/axe-core-{AXE_VERSION}.tgz"
+AXE_SHA512 = ("RE3mdQ7P3FRSe7eqCWoeQ/Z9QXrtniSjp1wUjt5nRC3WIpz5rSCve6o3fsZ2aCpJtrZjSZgjwXAoTO5k4tE"
+              "I0w==")
+
+
 def axe_source() -> str:
-    """axe.min.js of AXE_VERSION, fetched once with npm (integrity-checked by npm itself)."""
+    """axe.min.js of AXE_VERSION from the npm registry, fetched once and integrity-checked (no
+    npm needed: one HTTPS GET of the tarball the registry names)."""
     path = os.path.join(CACHE, f"axe-{AXE_VERSION}.min.js")
     if not os.path.exists(path):
         os.makedirs(CACHE, exist_ok=True)
-        done = subprocess.run(["npm", "pack", f"axe-core@{AXE_VERSION}", "--silent"], cwd=CACHE,
-                              capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            pytest.fail(f"cannot fetch axe-core {AXE_VERSION} from the npm registry: "
-                        f"{done.stderr.strip()}")
-        tarball = os.path.join(CACHE, f"axe-core-{AXE_VERSION}.tgz")
-        with tarfile.open(tarball) as tar:
+        try:
+            with urllib.request.urlopen(AXE_TARBALL, timeout=120) as response:
+                tarball = response.read()
+        except OSError as exc:
+            pytest.fail(f"cannot fetch axe-core {AXE_VERSION} from the npm registry: {exc}")
+        got = base64.b64encode(hashlib.sha512(tarball).digest()).decode()
+        assert got == AXE_SHA512, f"axe-core {AXE_VERSION}: not the pinned tarball (sha512)"
+        with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
             member = tar.extractfile("package/axe.min.js")
             assert member is not None
             text = member.read()
         with open(path + ".part", "wb") as f:
             f.write(text)
         os.replace(path + ".part", path)
-        os.unlink(tarball)
     with open(path) as f:
         return f.read()
 
