@@ -42,6 +42,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # GET /api/v1/audit's query parameters: QueryAudit's fields.
 AUDIT_TEXT = ("since", "until", "container", "actor", "op", "outcome")
 AUDIT_NUMBERS = ("limit", "cursor")
+# Paths outside /api/ that need a token all the same (/metrics: scraped with a read token).
+AUTHENTICATED = frozenset({"/api", "/metrics", "/metrics/"})
 # Token ids the per-token limiter remembers at most (its memory bound).
 LIMITED_TOKENS = 10_000
 
@@ -107,7 +109,7 @@ class Api:
     @web.middleware
     async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         client = request["client"] = clientaddr.of_request(request, self.proxies)
-        if request.path.startswith("/api/") or request.path == "/api":
+        if request.path.startswith("/api/") or request.path in AUTHENTICATED:
             # A limited client is refused before its token is looked at: a right guess made
             # while limited must be worth nothing.
             wait = self.failures.retry_after(client)

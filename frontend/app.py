@@ -8,6 +8,8 @@ from aiohttp import web
 from frontend.api import LIMITED_TOKENS, Api
 from frontend.auth import TokenReader
 from frontend.config import FrontendConfig
+from frontend.events import Streams
+from frontend.metrics import Metrics
 from frontend.ratelimit import AuthFailures, FailureLimiter, LogLimiter
 from protocol.client import HelperClient
 from protocol.limits import Buckets
@@ -22,14 +24,21 @@ def make_app(cfg: FrontendConfig) -> web.Application:
     api = Api(client, TokenReader(cfg.state_dir), failures, cfg.trusted_proxies,
               cfg.token_min_length, Buckets(cfg.token_requests_burst,
                                             cfg.token_requests_per_second, LIMITED_TOKENS))
+    streams = Streams(cfg.socket)
+    meter = Metrics()
     # Errors wrap authentication, which wraps routing: an anonymous client gets 401 on
-    # every /api/ path and method, before a 404 or 405 could tell it anything.
-    app = web.Application(middlewares=[api.errors, api.authenticate],
+    # every /api/ path and method, before a 404 or 405 could tell it anything. Metrics see
+    # every response as the client gets it.
+    app = web.Application(middlewares=[meter.middleware, api.errors, api.authenticate],
                           client_max_size=cfg.max_body)
     app.add_routes(api.routes())
+    app.add_routes([web.get(path, handler) for path, handler in (
+        ("/api/v1/events", streams.handle), ("/api/v1/events/", streams.handle),
+        ("/metrics", meter.handler(api.call)), ("/metrics/", meter.handler(api.call)))])
 
     async def close_client(_app: web.Application) -> None:
         await client.close()
 
+    app.on_shutdown.append(streams.shutdown)
     app.on_cleanup.append(close_client)
     return app

@@ -150,6 +150,13 @@ def _responses(ok: str, *errors: int) -> dict[str, Any]:
     return out
 
 
+def _text_ok(media: str, responses: dict[str, Any]) -> dict[str, Any]:
+    """`responses` with a 200 that is not JSON (a stream, a scrape)."""
+    responses["200"] = {"description": "success", "headers": REQUEST_ID,
+                        "content": {media: {"schema": {"type": "string"}}}}
+    return responses
+
+
 def _body(schema: str) -> dict[str, Any]:
     return {"required": True, "content": {JSON: {"schema": _ref(schema)}}}
 
@@ -237,6 +244,25 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/openapi.json": {
         "get": {"operationId": "openapi", "summary": "this document (any valid token)",
                 "responses": _responses("OpenApi", *ANY_REQUEST)},
+    },
+    "/api/v1/events": {
+        "get": {"operationId": "subscribe_events",
+                "summary": "Server-Sent Events: lifecycle, operation and (admin) audit events; "
+                           "Last-Event-ID replays or sends `reset`; ends with an `end` event",
+                "parameters": [
+                    _query_param("types", {"type": "string", "pattern":
+                                           "^(lifecycle|operation|audit)(,(lifecycle|operation"
+                                           "|audit))*$"}),
+                    _query_param("container", NAME),
+                    {"name": "Last-Event-ID", "in": "header", "required": False,
+                     "schema": {"type": "string", "pattern": "^[0-9a-f]{16}-[0-9]{1,15}$"}}],
+                "responses": _text_ok("text/event-stream",
+                                      _responses("Ok", *FORWARDED, 400))},
+    },
+    "/metrics": {
+        "get": {"operationId": "helper_metrics",
+                "summary": "Prometheus text format (read tokens; Authorization: Bearer works)",
+                "responses": _text_ok("text/plain", _responses("Ok", *FORWARDED))},
     },
 }
 SCHEMAS["AuditPage"] = _object(

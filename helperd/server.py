@@ -28,11 +28,13 @@ from helperd.audit_recovery import recover
 from helperd.config import HelperConfig
 from helperd.containers import Containers
 from helperd.isolate import Workers, run_isolated
+from helperd.live import Live
 from helperd.tokenstore import TokenStore
 from protocol import framing, ops, rules
 from protocol.config import ConfigError
 from protocol.errors import LwpError
 from protocol.limits import Buckets
+from protocol.stream import SubscribeEvents
 
 log = logging.getLogger("lwp.helperd")
 T = TypeVar("T")
@@ -47,6 +49,8 @@ _space_logged = [-SPACE_LOG_INTERVAL]
 CURRENT_CALL: contextvars.ContextVar[audit.Call] = contextvars.ContextVar("audit_call")
 # The request being executed on this connection, for `mutate` to check its token again.
 CURRENT_ENVELOPE: contextvars.ContextVar[ops.Envelope] = contextvars.ContextVar("envelope")
+# The connection a request came on, for subscribe_events to stream on.
+CURRENT_WRITER: contextvars.ContextVar[asyncio.StreamWriter] = contextvars.ContextVar("writer")
 
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
@@ -103,6 +107,7 @@ class Helper:
         _cap_malloc_arenas()
         self.readers = ThreadPoolExecutor(cfg.read_workers, thread_name_prefix="lxc-read")
         self.workers = Workers(containers.perform)
+        self.live = Live(cfg.lxcpath)
         self._locks: dict[str, _Slot] = {}
         self._trimmed = 0.0
         self._busy = 0  # requests executing now
@@ -110,6 +115,8 @@ class Helper:
         self._by_uid: dict[int, int] = {}  # the same, per peer uid
         self._drained = asyncio.Event()
         self._drained.set()
+        # Streams opened by a subscribe_events request, by request id, until its reply is out.
+        self._opened: dict[str, tuple[Any, int | None]] = {}
 
     async def drain(self, grace: float) -> bool:
         """Wait up to `grace` s for executing requests to finish; False if some did not."""
@@ -195,8 +202,10 @@ class Helper:
                 self._busy += 1
                 self._drained.clear()
                 CURRENT_ENVELOPE.set(envelope)  # for `mutate` to check its token again
+                CURRENT_WRITER.set(writer)
                 try:
                     reply = await self.execute(envelope, peer)
+                    events = self._opened.pop(envelope.request_id, None)
                 finally:
                     self._busy -= 1
                     if not self._busy:
@@ -208,6 +217,10 @@ class Helper:
                     frame = framing.encode_frame(ops.encode_error(exc))
                 writer.write(frame)
                 await writer.drain()
+                if events is not None:
+                    # The connection is the stream's from now on, until either side ends it.
+                    await self.live.run_stream(*events)
+                    return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
@@ -222,10 +235,12 @@ class Helper:
         op = envelope.op
         call = audit.Call(self.audit, peer.uid, peer.pid)
         call.describe(envelope, read=envelope.op.name in {  # wired to the policy table at merge
-            "list_containers", "container_info", "list_tokens", "query_audit", "host_report"})
+            "list_containers", "container_info", "list_tokens", "query_audit", "host_report",
+            "subscribe_events", "helper_metrics"})
         token = CURRENT_CALL.set(call)
         try:
             reply, code, message, result = await self._run(envelope, peer, call)
+            self.live.observe(op.name, code is None, time.monotonic() - call.started)
             try:
                 await call.finish(code, message, result)
             except audit.AuditError as exc:
@@ -292,7 +307,8 @@ class Helper:
         st = os.statvfs(self.cfg.audit_dir)
         free = st.f_bavail * st.f_frsize
         change = op not in {  # wired to the policy table at merge
-            "list_containers", "container_info", "list_tokens", "query_audit", "host_report"}
+            "list_containers", "container_info", "list_tokens", "query_audit", "host_report",
+            "subscribe_events", "helper_metrics"}
         floor = self.cfg.audit_reserve_bytes if change else self.cfg.audit_min_free_bytes
         if free < floor:
             now = time.monotonic()
@@ -402,8 +418,10 @@ class Helper:
             preexisting = os.path.lexists(
                 os.path.join(self.cfg.lxcpath, rules.container_name(request.name)))
             await call.begin({"preexisting": preexisting})
+            envelope = CURRENT_ENVELOPE.get()
             try:
-                await self.workers.run(request, limit, call.child_started)
+                async with self.live.changing(op.name, names, envelope.request_id):
+                    await self.workers.run(request, limit, call.child_started)
             except LwpError as exc:
                 if exc.code == "timeout" and on_timeout is not None:
                     await run_isolated(functools.partial(on_timeout, preexisting), limit,
@@ -418,7 +436,8 @@ Handler = Callable[[Helper, Any, Actor], Awaitable[Any]]
 
 
 async def _list_containers(h: Helper, req: ops.ListContainers, actor: Actor) -> Any:
-    return await h.read(h.containers.list_containers, op="list_containers")
+    # From the state table (helperd/statewatch.py), not a liblxc call per container.
+    return await h.live.list_containers()
 
 
 async def _container_info(h: Helper, req: ops.ContainerInfo, actor: Actor) -> Any:
@@ -467,6 +486,7 @@ async def _create_token(h: Helper, req: ops.CreateToken, actor: Actor) -> Any:
 async def _revoke_token(h: Helper, req: ops.RevokeToken, actor: Actor) -> Any:
     record = await h.tokens.run(h.tokens.revoke, req.token, req.id)
     log.info("token %d (%s) revoked by %s", record.id, record.description, actor.description)
+    h.live.revoked(record.id)  # its event streams end now
     return {"id": record.id}
 
 
@@ -485,6 +505,20 @@ async def _host_report(h: Helper, req: ops.HostReport, actor: Actor) -> Any:
     return await h.read(doctor.report, h.cfg, op="host_report")
 
 
+async def _subscribe_events(h: Helper, req: SubscribeEvents, actor: Actor) -> Any:
+    envelope = CURRENT_ENVELOPE.get()
+    token = h.tokens.verify(envelope.token) if envelope.token is not None else None
+    if envelope.token is not None and token is None:
+        raise LwpError("unauthorized", "Unauthorized")
+    events = h.live.open_stream(req, actor.scope, token, CURRENT_WRITER.get())
+    h._opened[envelope.request_id] = (events, actor.token_id)  # run once the reply is out
+    return events.start()
+
+
+async def _helper_metrics(h: Helper, req: ops.HelperMetrics, actor: Actor) -> Any:
+    return h.live.snapshot()
+
+
 ALLOWED: dict[str, Handler] = {
     "list_containers": _list_containers,
     "container_info": _container_info,
@@ -501,6 +535,8 @@ ALLOWED: dict[str, Handler] = {
     "list_tokens": _list_tokens,
     "query_audit": _query_audit,
     "host_report": _host_report,
+    "subscribe_events": _subscribe_events,
+    "helper_metrics": _helper_metrics,
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any, Union
 
 from protocol import rules
 from protocol.errors import LwpError, invalid
+from protocol.stream import SubscribeEvents
 
 # A client-chosen token must be at least this long whatever the configuration says.
 TOKEN_FLOOR = 16
@@ -137,6 +138,11 @@ class HostReport:
     """What makes containers work or fail on this host (helperd/doctor.py's findings)."""
 
 
+@dataclass(frozen=True)
+class HelperMetrics:
+    """The helper's counters for GET /metrics (protocol.metrics.HELPER_FAMILIES)."""
+
+
 # What came of a request, as the audit trail records it.
 AUDIT_OUTCOMES = ("ok", "denied", "invalid", "error", "timeout", "interrupted")
 AUDIT_MAX_LIMIT = 500
@@ -191,7 +197,8 @@ class QueryAudit:
 
 Request = (ListContainers | ContainerInfo | StartContainer | StopContainer | FreezeContainer
            | UnfreezeContainer | RestartContainer | CreateContainer | CloneContainer
-           | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit | HostReport)
+           | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit | HostReport
+           | SubscribeEvents | HelperMetrics)
 
 
 @dataclass(frozen=True)
@@ -220,6 +227,9 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("list_tokens", ListTokens, "admin", False, 30),
     Op("query_audit", QueryAudit, "admin", False, 60),
     Op("host_report", HostReport, "admin", False, 60),
+    # Its reply opens a stream on its connection (protocol/stream.py); the timeout is the reply's.
+    Op("subscribe_events", SubscribeEvents, "read", False, 30),
+    Op("helper_metrics", HelperMetrics, "read", False, 30),
 )}
 OP_OF_REQUEST: dict[type, Op] = {op.request: op for op in OPS.values()}
 

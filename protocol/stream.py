@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol import rules
-from protocol.errors import LwpError
+from protocol.errors import LwpError, invalid
 
 STATES = ("STOPPED", "STARTING", "RUNNING", "STOPPING", "ABORTING", "FREEZING", "FROZEN",
           "THAWED")
@@ -56,6 +56,29 @@ EVENT_FIELDS: dict[str, dict[str, Any]] = {
     "audit": {"record": _scalar_map},
 }
 TYPES = tuple(EVENT_FIELDS)
+
+
+@dataclass(frozen=True)
+class SubscribeEvents:
+    """The request that turns its connection into a stream. `types`: () for every type the
+    token may see; `after_epoch`/`after`: the Last-Event-ID the client sent, if any."""
+
+    types: tuple[str, ...] = ()
+    container: str | None = None
+    after_epoch: str | None = None
+    after: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(set(self.types)) != len(self.types) or not set(self.types) <= set(TYPES):
+            raise invalid("types", f"must be distinct names from {', '.join(TYPES)}")
+        if self.container is not None:
+            rules.container_name(self.container, "container")
+        if (self.after_epoch is None) != (self.after is None):
+            raise invalid("after", "give both after_epoch and after, or neither")
+        if self.after_epoch is not None and not EPOCH_RE.fullmatch(self.after_epoch):
+            raise invalid("after_epoch", "must be 16 hex digits")
+        if self.after is not None and not 0 <= self.after <= rules.ID_MAX:
+            raise invalid("after", "must be a non-negative integer")
 
 
 @dataclass(frozen=True)
