@@ -5,6 +5,7 @@ import logging
 
 from aiohttp import web
 
+from frontend import openapi
 from frontend.api import LIMITED_TOKENS, Api
 from frontend.auth import TokenReader
 from frontend.config import FrontendConfig
@@ -21,20 +22,17 @@ def make_app(cfg: FrontendConfig) -> web.Application:
         FailureLimiter(cfg.auth_failures_burst, cfg.auth_failures_per_minute,
                        cfg.auth_limit_clients),
         LogLimiter(logging.getLogger("lwp.frontend.auth"), cfg.auth_log_per_minute))
-    api = Api(client, TokenReader(cfg.state_dir), failures, cfg.trusted_proxies,
-              cfg.token_min_length, Buckets(cfg.token_requests_burst,
-                                            cfg.token_requests_per_second, LIMITED_TOKENS))
     streams = Streams(cfg.socket)
     meter = Metrics()
+    api = Api(client, TokenReader(cfg.state_dir), failures, cfg.trusted_proxies,
+              Buckets(cfg.token_requests_burst, cfg.token_requests_per_second, LIMITED_TOKENS),
+              openapi.document(cfg.token_min_length), streams, meter)
     # Errors wrap authentication, which wraps routing: an anonymous client gets 401 on
     # every /api/ path and method, before a 404 or 405 could tell it anything. Metrics see
     # every response as the client gets it.
     app = web.Application(middlewares=[meter.middleware, api.errors, api.authenticate],
                           client_max_size=cfg.max_body)
     app.add_routes(api.routes())
-    app.add_routes([web.get(path, handler) for path, handler in (
-        ("/api/v1/events", streams.handle), ("/api/v1/events/", streams.handle),
-        ("/metrics", meter.handler(api.call)), ("/metrics/", meter.handler(api.call)))])
 
     async def close_client(_app: web.Application) -> None:
         await client.close()

@@ -47,14 +47,11 @@ class Metrics:
             self.auth_failures.inc()
         return response
 
-    def handler(self, call: Call) -> Handler:
-        async def scrape(request: web.Request) -> web.Response:
-            snapshot = await call(request, ops.HelperMetrics())
-            try:
-                helper = metrics.decode_snapshot(snapshot, LABEL_CHECKS)
-            except (ValueError, TypeError):
-                helper = []  # the frontend's own figures still help: never a 500 for this
-            text = metrics.render([self.requests, self.latency, self.auth_failures, *helper])
-            return web.Response(body=text.encode(),
-                                headers={"Content-Type": metrics.CONTENT_TYPE})
-        return scrape
+    async def scrape(self, request: web.Request, call: Call) -> web.Response:
+        snapshot = await call(request, ops.HelperMetrics())
+        try:
+            helper = metrics.decode_snapshot(snapshot, LABEL_CHECKS)
+        except (ValueError, TypeError):
+            helper = []  # the frontend's own figures still help: never a 500 for this
+        text = metrics.render([self.requests, self.latency, self.auth_failures, *helper])
+        return web.Response(body=text.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})

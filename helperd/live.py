@@ -120,12 +120,17 @@ class Live:
         try:
             await s.run()
         finally:
-            self.streams.get(token_id, set()).discard(s)
-            if not self.streams.get(token_id, True):
-                del self.streams[token_id]
-            timer = self._timers.pop(s, None)
-            if timer is not None:
-                timer.cancel()
+            self.discard(s, token_id)
+
+    def discard(self, s: Stream, token_id: int | None) -> None:
+        """Forget a stream that ended (or never began)."""
+        s.sub.close()
+        self.streams.get(token_id, set()).discard(s)
+        if not self.streams.get(token_id, True):
+            del self.streams[token_id]
+        timer = self._timers.pop(s, None)
+        if timer is not None:
+            timer.cancel()
 
     def revoked(self, token_id: int) -> None:
         for s in list(self.streams.get(token_id, ())):

@@ -166,14 +166,17 @@ class Helper:
         # a slot for nothing. Later ones have none, so the frontend's pooled connections may
         # idle between requests (a close racing a request on it would lose that request).
         first_frame: float | None = self.cfg.first_frame_timeout
+        # Read exactly what the reader lacks (a header, then its body), so each part has its
+        # own deadline and bytes of a next frame stay in the stream until it is its turn.
+        frames = framing.FrameReader(framing.MAX_FRAME)
         try:
             while True:
                 try:
                     if first_frame is None:  # the hot path: no timer at all
-                        header = await reader.readexactly(framing.HEADER.size)
+                        header = await reader.readexactly(frames.missing)
                     else:
                         async with asyncio.timeout(first_frame):
-                            header = await reader.readexactly(framing.HEADER.size)
+                            header = await reader.readexactly(frames.missing)
                         first_frame = None
                 except asyncio.IncompleteReadError:
                     return  # a clean hang-up between frames
@@ -183,14 +186,15 @@ class Helper:
                     return
                 obj: object = None
                 try:
-                    length = framing.body_length(header)
-                    try:
-                        async with asyncio.timeout(self.cfg.frame_timeout):
-                            body = await reader.readexactly(length)
-                    except TimeoutError:
-                        raise LwpError("protocol-error", f"the rest of a frame did not arrive "
-                                       f"within {self.cfg.frame_timeout:g} s") from None
-                    obj = framing.decode_body(body)
+                    body = frames.feed(header)  # None: the header is in and within the cap
+                    while body is None:
+                        try:
+                            async with asyncio.timeout(self.cfg.frame_timeout):
+                                body = frames.feed(await reader.readexactly(frames.missing))
+                        except TimeoutError:
+                            raise LwpError("protocol-error", f"the rest of a frame did not "
+                                           f"arrive within {self.cfg.frame_timeout:g} s") from None
+                    obj = framing.decode_untrusted_body(body)
                     envelope = ops.decode_request(obj)
                 except LwpError as exc:
                     # The stream cannot be trusted past a bad frame: answer once, then hang up.
@@ -218,6 +222,9 @@ class Helper:
                 writer.write(frame)
                 await writer.drain()
                 if events is not None:
+                    if reply.get("ok") is not True:  # refused after all (its audit failed)
+                        self.live.discard(*events)
+                        return
                     # The connection is the stream's from now on, until either side ends it.
                     await self.live.run_stream(*events)
                     return

@@ -257,10 +257,14 @@ class Envelope:
 
 
 def encode_request(envelope: Envelope) -> dict[str, Any]:
-    cls: type = type(envelope.request)
-    args = {name: _wire(getattr(envelope.request, name)) for name in _field_names(cls)}
     return {"id": envelope.request_id, "op": envelope.op.name, "token": envelope.token,
-            "client": envelope.client, "args": args}
+            "client": envelope.client, "args": encode_args(envelope.request)}
+
+
+def encode_args(request: Request) -> dict[str, Any]:
+    """A request's fields as the wire carries them (its op's name travels beside them)."""
+    cls: type = type(request)
+    return {name: _wire(getattr(request, name)) for name in _field_names(cls)}
 
 
 @functools.cache  # per request class: dataclasses.fields() on every request costs ~2 us
@@ -279,12 +283,18 @@ _ENVELOPE_TYPES: dict[str, tuple[type, ...]] = {
 def decode_request(obj: object) -> Envelope:
     """Build an Envelope from an untrusted decoded frame, or raise `invalid-request`."""
     fields = _exact_map(obj, _ENVELOPE_TYPES, "")
-    op = OPS.get(fields["op"])
-    if op is None:
-        raise invalid("op", f"unknown operation {rules.shown(fields['op'])}")
-    request = _build(op.request, fields["args"])
+    request = decode_args(fields["op"], fields["args"])
     return Envelope(request_id=fields["id"], token=fields["token"], client=fields["client"],
                     request=request)
+
+
+def decode_args(op_name: str, args: object) -> Request:
+    """Build and validate the request of op `op_name` from untrusted `args`."""
+    op = OPS.get(op_name)
+    if op is None:
+        raise invalid("op", f"unknown operation {rules.shown(op_name)}")
+    request: Request = _build(op.request, args)
+    return request
 
 
 def _exact_map(obj: object, types: dict[str, tuple[type, ...]], prefix: str,

