@@ -90,9 +90,10 @@ def _root_only_dir(path: str) -> None:
         raise Refused(f"{path} is not a directory only root can write")
 
 
-def _make_dirs(lxcpath: str) -> str:
+def _make_dirs(lxcpath: str, made: list[str] | None = None) -> str:
     """<rundir>/lxc/<lxcpath>, every component made (0755) or checked to be root's alone, so no
-    one else can have put a FIFO, a link or a directory of their own on the way."""
+    one else can have put a FIFO, a link or a directory of their own on the way. The ones made
+    here are added to `made`, for the caller to remove when it is done."""
     parts = [p for p in f"lxc/{lxcpath}".split("/") if p]
     if any(p in (".", "..") for p in parts):
         raise Refused(f"lxcpath {lxcpath!r} is not a plain absolute path")
@@ -102,16 +103,18 @@ def _make_dirs(lxcpath: str) -> str:
         path = os.path.join(path, part)
         try:
             os.mkdir(path, 0o755)
+            if made is not None and path != f"{RUNDIR}/lxc":  # liblxc's own: never removed
+                made.append(path)
         except FileExistsError:
             pass
         _root_only_dir(path)
     return path
 
 
-def open_fifo(lxcpath: str) -> int:
+def open_fifo(lxcpath: str, made: list[str] | None = None) -> int:
     """The FIFO opened for reading (O_RDWR, as lxc-monitord: never an end-of-file when the
     last writer goes) and locked as lxc-monitord locks it. Raises Locked or Refused."""
-    _make_dirs(lxcpath)
+    _make_dirs(lxcpath, made)
     path = fifo_path(lxcpath)
     try:
         os.mknod(path, stat.S_IFIFO | 0o600)
@@ -183,6 +186,7 @@ class Follower:
         self._buffer = b""
         self._ended: asyncio.Event | None = None
         self._warned: set[str] = set()
+        self._made: list[str] = []  # directories under <rundir>/lxc made for our FIFO
 
     async def run(self) -> None:
         """Follow until cancelled."""
@@ -208,7 +212,7 @@ class Follower:
     def _open(self) -> bool:
         loop = asyncio.get_running_loop()
         try:
-            self._fd = open_fifo(self.lxcpath)
+            self._fd = open_fifo(self.lxcpath, self._made)
             self.source = "fifo"
             loop.add_reader(self._fd, self._readable)
             return True
@@ -275,6 +279,12 @@ class Follower:
                 pass
             os.close(self._fd)
             self._fd = None
+            for path in reversed(self._made):  # only if empty: another may be using it now
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    break
+            self._made = []
         if self._sock is not None:
             self._stop_reading()
             self._sock.close()

@@ -475,3 +475,14 @@ def test_flock_layout_is_the_kernels() -> None:
     # nothing, and the helper would read the FIFO beside lxc-monitord.
     assert lxcnotify.FLOCK.size == 32
     assert struct.calcsize("@hhqqi") <= lxcnotify.FLOCK.size
+
+
+async def test_a_stopped_watch_leaves_no_fifo_and_no_directory_of_its_own(
+        cleanup_run: World) -> None:
+    w = StateWatch(cleanup_run.lxcpath)
+    await w.start()
+    await wait_for_source(w, "fifo")
+    assert os.path.exists(lxcnotify.fifo_path(cleanup_run.lxcpath))
+    await w.stop()
+    assert not os.path.exists(lxcnotify.fifo_path(cleanup_run.lxcpath))
+    assert not os.path.exists(run_dirs(cleanup_run.base))  # /run/lxc/tmp/lwp-test-…
