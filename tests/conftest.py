@@ -160,6 +160,9 @@ min_length = 20
 socket_group = "nogroup"
 allowed_users = []
 lxcpath = "{base}/lxc"
+# Not `auto`: under a systemd unit (a CI runner) auto picks lxc@.service, which knows only
+# /var/lib/lxc and refuses the world's own lxcpath.
+start_method = "fork"
 templates_dir = "{base}/templates"
 templates = ["busybox", "recorder", "failing", "slow", "debian"]
 default_config = "{base}/default.conf"

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import os
 import socket
 import subprocess
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from helperd import containers, isolate
+from helperd import isolate, policy
 from helperd.containers import Containers
 from helperd.isolate import Workers, run_isolated
 from protocol import ops
@@ -210,9 +212,9 @@ async def test_builds_run_niced_in_a_worker_that_then_retires(
         raise LwpError("invalid-state", f"nice {os.getpriority(os.PRIO_PROCESS, 0)}")
 
     for op in ("create_container", "clone_container", "start_container"):
-        monkeypatch.setattr(Containers, op, report)
+        monkeypatch.setitem(policy.RULES, op, dataclasses.replace(policy.RULES[op], call=report))
     backend = Containers.__new__(Containers)  # perform() needs no configuration
-    pool = Workers(backend.perform, spare=1)
+    pool = Workers(functools.partial(policy.perform, backend), spare=1)
     pool.fill()  # forked after the patch, so the workers report
     try:
         seen = []
@@ -225,7 +227,7 @@ async def test_builds_run_niced_in_a_worker_that_then_retires(
             seen.append((type(request).__name__, err.value.message, pids[0]))
     finally:
         pool.close()
-    nice = f"nice {containers.BACKGROUND_NICE}"
+    nice = f"nice {policy.BUILD_NICE}"
     assert [m for _, m, _ in seen] == ["nice 0", nice, "nice 0", nice, "nice 0"]
     pids = [p for _, _, p in seen]
     # The start's worker takes the create, which leaves it niced: it retires, and the next
