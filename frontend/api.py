@@ -20,12 +20,15 @@ from frontend.accesslog import safe_target
 from frontend.auth import QUERY_KEY, TokenReader, presented_token
 from frontend.config import Network
 from frontend.errors import error_response, new_request_id, refusal
+from frontend.events import Streams
+from frontend.metrics import Metrics
 from frontend.ratelimit import AuthFailures
 from frontend.surface import ACTIONS, TRUE_WORDS, Route, number
 from protocol import VERSION, ops, rules
 from protocol.client import HelperClient
 from protocol.errors import LwpError, invalid
 from protocol.limits import Buckets
+from protocol.stream import SubscribeEvents
 from protocol.tokens import TokenRecord
 
 log = logging.getLogger("lwp.frontend")
@@ -34,6 +37,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # GET /api/v1/audit's query parameters: QueryAudit's fields.
 AUDIT_TEXT = ("since", "until", "container", "actor", "op", "outcome")
 AUDIT_NUMBERS = ("limit", "cursor")
+# Paths outside /api/ that need a token all the same (/metrics: scraped with a read token).
+AUTHENTICATED = frozenset({"/api", "/metrics", "/metrics/"})
 # Token ids the per-token limiter remembers at most (its memory bound).
 LIMITED_TOKENS = 10_000
 
@@ -41,8 +46,11 @@ LIMITED_TOKENS = 10_000
 class Api:
     def __init__(self, client: HelperClient, tokens: TokenReader, failures: AuthFailures,
                  proxies: Sequence[Network] = (), token_limit: Buckets | None = None,
-                 document: dict[str, Any] | None = None) -> None:
+                 document: dict[str, Any] | None = None, streams: Streams | None = None,
+                 meter: Metrics | None = None) -> None:
         self.client = client
+        self.streams = streams or Streams("")  # GET /api/v1/events
+        self.meter = meter or Metrics()  # GET /metrics
         self.document = document or {}  # GET /api/v1/openapi.json's answer
         self.token_limit = token_limit
         self.tokens = tokens
@@ -88,7 +96,7 @@ class Api:
     @web.middleware
     async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         client = request["client"] = clientaddr.of_request(request, self.proxies)
-        if request.path.startswith("/api/") or request.path == "/api":
+        if request.path.startswith("/api/") or request.path in AUTHENTICATED:
             # A limited client is refused before its token is looked at: a right guess made
             # while limited must be worth nothing.
             wait = self.failures.retry_after(client)
@@ -220,6 +228,14 @@ class Api:
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.document)
 
+    async def subscribe_events(self, request: web.Request) -> web.StreamResponse:
+        """Server-Sent Events (frontend/events.py): one helper stream per client stream."""
+        return await self.streams.handle(request)
+
+    async def helper_metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text: this frontend's counters and the helper's (frontend/metrics.py)."""
+        return await self.meter.scrape(request, self.call)
+
     async def host_report(self, request: web.Request) -> web.Response:
         """The helper's host check (as `lwp-admin doctor`), and this frontend's version: a
         frontend not restarted after an upgrade runs other code than the helper."""
@@ -317,6 +333,15 @@ ROUTES = (
     Route("GET", "/api/v1/templates", Api.list_templates, (ops.ListTemplates,),
           "the templates, their options (and allowed values) and the stores a create may name",
           "TemplateCatalogue"),
+    Route("GET", "/api/v1/events", Api.subscribe_events, (SubscribeEvents,),
+          "Server-Sent Events: lifecycle, operation and (admin) audit events; Last-Event-ID "
+          "replays what was missed or sends `reset`; an `end` event closes it", "Ok",
+          errors=(400,), query=("types", "container"), media="text/event-stream",
+          headers=("Last-Event-ID",)),
+    # Outside /api/ where Prometheus expects it, authenticated all the same (AUTHENTICATED).
+    Route("GET", "/metrics", Api.helper_metrics, (ops.HelperMetrics,),
+          "Prometheus text format (read tokens; Authorization: Bearer works)", "Ok",
+          media="text/plain"),
 )
 
 

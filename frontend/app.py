@@ -9,6 +9,8 @@ from frontend import openapi
 from frontend.api import LIMITED_TOKENS, Api
 from frontend.auth import TokenReader
 from frontend.config import FrontendConfig
+from frontend.events import Streams
+from frontend.metrics import Metrics
 from frontend.pages import Pages
 from frontend.ratelimit import AuthFailures, FailureLimiter, LogLimiter
 from protocol.client import HelperClient
@@ -21,12 +23,15 @@ def make_app(cfg: FrontendConfig) -> web.Application:
         FailureLimiter(cfg.auth_failures_burst, cfg.auth_failures_per_minute,
                        cfg.auth_limit_clients),
         LogLimiter(logging.getLogger("lwp.frontend.auth"), cfg.auth_log_per_minute))
+    streams = Streams(cfg.socket)
+    meter = Metrics()
     api = Api(client, TokenReader(cfg.state_dir), failures, cfg.trusted_proxies,
               Buckets(cfg.token_requests_burst, cfg.token_requests_per_second, LIMITED_TOKENS),
-              openapi.document(cfg.token_min_length))
+              openapi.document(cfg.token_min_length), streams, meter)
     # Errors wrap authentication, which wraps routing: an anonymous client gets 401 on
-    # every /api/ path and method, before a 404 or 405 could tell it anything.
-    app = web.Application(middlewares=[api.errors, api.authenticate],
+    # every /api/ path and method, before a 404 or 405 could tell it anything. Metrics see
+    # every response as the client gets it.
+    app = web.Application(middlewares=[meter.middleware, api.errors, api.authenticate],
                           client_max_size=cfg.max_body)
     app.add_routes(api.routes())
     app.add_routes(Pages().routes())  # the web panel: static files, no authentication
@@ -34,5 +39,6 @@ def make_app(cfg: FrontendConfig) -> web.Application:
     async def close_client(_app: web.Application) -> None:
         await client.close()
 
+    app.on_shutdown.append(streams.shutdown)
     app.on_cleanup.append(close_client)
     return app

@@ -21,13 +21,19 @@ HEADER = "private-token"
 
 
 def presented_token(request: web.Request) -> str | None:
-    """The seed's rule: the query argument, else the header (its name is case-insensitive)."""
+    """The seed's rule: the query argument, else the header (its name is case-insensitive),
+    else `Authorization: Bearer <token>`."""
     url = request.rel_url
     # No query string, no query argument: parsing an empty one is a cost on every request
     # (measured: see bench/README.md).
     if url.raw_query_string and QUERY_KEY in url.query:
         return url.query[QUERY_KEY] or None
-    return request.headers.get(HEADER) or None
+    token = request.headers.get(HEADER)
+    if token:
+        return token
+    # RFC 6750's form, as Prometheus and most HTTP clients send a token.
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return (credentials.strip() or None) if scheme.lower() == "bearer" else None
 
 
 # A verified record is reused while the store's snapshot stays the same file: the helper

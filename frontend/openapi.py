@@ -177,6 +177,12 @@ QUERY: dict[str, dict[str, Any]] = {
     "outcome": {"type": "string", "enum": list(ops.AUDIT_OUTCOMES)},
     "limit": {**COUNT, "minimum": 1, "maximum": ops.AUDIT_MAX_LIMIT},
     "cursor": {**COUNT, "description": "next_cursor of the previous page"},
+    "types": {"type": "string", "pattern": "^(lifecycle|operation|audit)"
+                                           "(,(lifecycle|operation|audit))*$"},
+}
+# A request header's schema, by name.
+HEADER: dict[str, dict[str, Any]] = {
+    "Last-Event-ID": {"type": "string", "pattern": "^[0-9a-f]{16}-[0-9]{1,15}$"},
 }
 # A path parameter's schema, by name.
 IN_PATH: dict[str, dict[str, Any]] = {
@@ -197,6 +203,12 @@ def _operation(row: Route) -> dict[str, Any]:
     if row.body:
         out["requestBody"] = _body(row.body)
     out["responses"] = _responses(row.ok, *errors)
+    if row.media != JSON:  # a stream or a scrape: text, not a JSON schema
+        out["responses"]["200"]["content"] = {row.media: {"schema": {"type": "string"}}}
+    if row.headers:
+        out.setdefault("parameters", []).extend(
+            {"name": name, "in": "header", "required": False, "schema": HEADER[name]}
+            for name in row.headers)
     return out
 
 

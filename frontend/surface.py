@@ -57,3 +57,5 @@ class Route:
     body: str | None = None  # the schema of the request body, if it takes one
     errors: tuple[int, ...] = ()
     query: tuple[str, ...] = ()  # the query parameters' names (their schemas: openapi.py)
+    media: str = "application/json"  # a 200's media type (the event stream's and /metrics' differ)
+    headers: tuple[str, ...] = ()  # request headers it reads beyond the token (openapi.py)

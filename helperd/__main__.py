@@ -38,11 +38,16 @@ async def serve(cfg: config.HelperConfig) -> None:
     if in_flight:
         await helper.recover(in_flight)
     helper.workers.fill()  # before the socket exists, so no worker ever holds a copy of it
+    # The state table is full before the first list can be asked; audit records as written
+    # become events (on the trail's thread, handed to the loop).
+    await helper.live.start()
+    writer.trail.forward = helper.live.audit_hook(writer.trail.forward)
     listener: Listener | None = None
     try:
         listener = listening_socket(cfg, gid)
         await _serve_until_stopped(cfg, helper, listener)
     finally:
+        await helper.live.stop()
         if listener is not None:
             listener.remove()  # else the next start meets a socket nobody answers on
         helper.workers.close()

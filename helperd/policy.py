@@ -17,6 +17,7 @@ from helperd.config import HelperConfig
 from helperd.containers import Containers
 from protocol import ops, rules
 from protocol.errors import LwpError
+from protocol.stream import SubscribeEvents
 
 if TYPE_CHECKING:
     from helperd.server import Actor, Helper
@@ -39,6 +40,8 @@ class Kind(enum.Enum):
     HOST_READ = "a function (helper, request) reading the host or trail, in the read thread pool"
     TOKEN_READ = "a coroutine (helper, request, actor) reading the token store, on its thread"  # noqa: S105 — a description, not a secret
     TOKEN_CHANGE = "a coroutine (helper, request, actor) changing the token store, on its thread"  # noqa: S105
+    LIVE = ("a coroutine (helper, request, actor) answering from what the helper keeps live "
+            "(helperd/live.py: the state table, the event bus), on the loop")
     CONTAINER_CHANGE = ("a Containers method (containers, request), in a worker process, "
                         "holding "
                         "each named container's lock, audited `start` before it and `end` after")
@@ -117,6 +120,7 @@ async def create_token(h: Helper, req: ops.CreateToken, actor: Actor) -> Any:
 async def revoke_token(h: Helper, req: ops.RevokeToken, actor: Actor) -> Any:
     record = await h.tokens.run(h.tokens.revoke, req.token, req.id)
     log.info("token %d (%s) revoked by %s", record.id, record.description, actor.description)
+    h.live.revoked(record.id)  # its event streams end now
     return {"id": record.id}
 
 
@@ -149,6 +153,22 @@ def list_templates(h: Helper, req: ops.ListTemplates) -> Any:
             "stores": sorted(cfg.stores)}
 
 
+async def list_containers(h: Helper, req: ops.ListContainers, actor: Actor) -> Any:
+    """From the state table (helperd/statewatch.py), after every notification liblxc has
+    delivered is confirmed: no liblxc call per container."""
+    return await h.live.list_containers()
+
+
+async def subscribe_events(h: Helper, req: SubscribeEvents, actor: Actor) -> Any:
+    """The reply is the stream's start frame; the server then hands the connection to the
+    stream (helperd/eventstream.py), which ends when the token is revoked or expires."""
+    return h.open_events(req, actor)
+
+
+async def helper_metrics(h: Helper, req: ops.HelperMetrics, actor: Actor) -> Any:
+    return h.live.snapshot()
+
+
 def _freeze_timeout(cfg: HelperConfig) -> float:
     return cfg.freeze_timeout
 
@@ -157,7 +177,7 @@ def _name_and_source(request: ops.CloneContainer) -> tuple[str, ...]:
     return (request.name, request.source)
 
 
-READ, HOST_READ = Kind.READ, Kind.HOST_READ
+READ, HOST_READ, LIVE = Kind.READ, Kind.HOST_READ, Kind.LIVE
 TOKEN_READ, TOKEN_CHANGE, CONTAINER_CHANGE = Kind.TOKEN_READ, Kind.TOKEN_CHANGE, \
     Kind.CONTAINER_CHANGE
 
@@ -168,7 +188,7 @@ TOKEN_READ, TOKEN_CHANGE, CONTAINER_CHANGE = Kind.TOKEN_READ, Kind.TOKEN_CHANGE,
 # method (on Containers for a container read or change; here for the rest), add its Rule. Nothing
 # else dispatches: test_tables proves RULES and protocol's OPS name the same ops.
 RULES: dict[str, Rule] = {rule.name: rule for rule in (
-    Rule("list_containers", READ, Containers.list_containers),
+    Rule("list_containers", LIVE, list_containers),
     Rule("container_info", READ, Containers.container_info),
     Rule("start_container", CONTAINER_CHANGE, Containers.start_container),
     Rule("stop_container", CONTAINER_CHANGE, Containers.stop_container),
@@ -192,6 +212,8 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule("container_config", READ, Containers.container_config),
     Rule("set_container_config", CONTAINER_CHANGE, Containers.set_container_config),
     Rule("list_templates", HOST_READ, list_templates),
+    Rule("subscribe_events", LIVE, subscribe_events),
+    Rule("helper_metrics", LIVE, helper_metrics),
 )}
 
 

@@ -25,12 +25,14 @@ from helperd import audit, policy
 from helperd.config import HelperConfig
 from helperd.containers import Containers
 from helperd.isolate import Workers, run_isolated
+from helperd.live import Live
 from helperd.policy import Kind, Rule
 from helperd.recovery import recover
 from helperd.tokenstore import TokenStore
 from protocol import framing, ops, rules
 from protocol.errors import LwpError
 from protocol.limits import Buckets
+from protocol.stream import SubscribeEvents
 
 log = logging.getLogger("lwp.helperd")
 T = TypeVar("T")
@@ -43,6 +45,8 @@ _space_logged = [-SPACE_LOG_INTERVAL]
 CURRENT_CALL: contextvars.ContextVar[audit.Call] = contextvars.ContextVar("audit_call")
 # The request being executed on this connection, for `mutate` to check its token again.
 CURRENT_ENVELOPE: contextvars.ContextVar[ops.Envelope] = contextvars.ContextVar("envelope")
+# The connection a request came on, for subscribe_events to stream on.
+CURRENT_WRITER: contextvars.ContextVar[asyncio.StreamWriter] = contextvars.ContextVar("writer")
 
 
 MALLOC_TRIM_INTERVAL = 2.0  # seconds
@@ -86,6 +90,9 @@ class Helper:
         self.audit = audit_writer
         self.readers = ThreadPoolExecutor(cfg.read_workers, thread_name_prefix="lxc-read")
         self.workers = Workers(functools.partial(policy.perform, containers))
+        self.live = Live(cfg.lxcpath)  # the state table, the event bus, the streams, counters
+        # Streams opened by a subscribe_events request, by request id, until its reply is out.
+        self.opened: dict[str, tuple[Any, int | None]] = {}
         self._locks: dict[str, _Slot] = {}
         self._trimmed = 0.0
         self._busy = 0  # requests executing now
@@ -182,8 +189,10 @@ class Helper:
                 self._busy += 1
                 self._drained.clear()
                 CURRENT_ENVELOPE.set(envelope)  # for `mutate` to check its token again
+                CURRENT_WRITER.set(writer)
                 try:
                     reply = await self.execute(envelope, peer)
+                    events = self.opened.pop(envelope.request_id, None)
                 finally:
                     self._busy -= 1
                     if not self._busy:
@@ -195,6 +204,13 @@ class Helper:
                     frame = framing.encode_frame(ops.encode_error(exc))
                 writer.write(frame)
                 await writer.drain()
+                if events is not None:
+                    if reply.get("ok") is not True:  # refused after all (its audit failed)
+                        self.live.discard(*events)
+                        return
+                    # The connection is the stream's from now on, until either side ends it.
+                    await self.live.run_stream(*events)
+                    return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
@@ -212,6 +228,7 @@ class Helper:
         token = CURRENT_CALL.set(call)
         try:
             reply, code, message, result = await self._run(envelope, peer, call)
+            self.live.observe(op.name, code is None, time.monotonic() - call.started)
             try:
                 await call.finish(code, message, result)
             except audit.AuditError as exc:
@@ -375,6 +392,17 @@ class Helper:
         if not rules.scope_allows(record.scope, op.scope):
             raise LwpError("forbidden", "Forbidden")
 
+    def open_events(self, req: SubscribeEvents, actor: Actor) -> dict[str, Any]:
+        """A stream for this connection, run once its reply (the start frame) is out."""
+        envelope = CURRENT_ENVELOPE.get()
+        # The token's record again, for its expiry: the stream ends at it, to the second.
+        token = self.tokens.verify(envelope.token) if envelope.token is not None else None
+        if envelope.token is not None and token is None:
+            raise LwpError("unauthorized", "Unauthorized")
+        events = self.live.open_stream(req, actor.scope, token, CURRENT_WRITER.get())
+        self.opened[envelope.request_id] = (events, actor.token_id)
+        return events.start()
+
     async def change(self, rule: Rule, request: Any) -> dict[str, str]:
         """Run a container change in a worker process, holding the containers' locks; after a
         missed deadline, run (isolated too) what the rule says undoes its half-done work."""
@@ -390,7 +418,11 @@ class Helper:
                 os.path.join(self.cfg.lxcpath, rules.container_name(request.name)))
             await call.begin({"preexisting": preexisting})
             try:
-                await self.workers.run(request, limit, call.child_started)
+                # Its state changes carry the request id; creates, clones and destroys are
+                # "operation" events as well.
+                async with self.live.changing(rule.name, rule.locks(request),
+                                              CURRENT_ENVELOPE.get().request_id):
+                    await self.workers.run(request, limit, call.child_started)
             except LwpError as exc:
                 undo = rule.after_timeout(self.containers, request.name, preexisting)
                 if exc.code == "timeout" and undo is not None:

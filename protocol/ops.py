@@ -16,6 +16,7 @@ from typing import Any, Union
 
 from protocol import rules
 from protocol.errors import LwpError, invalid
+from protocol.stream import SubscribeEvents
 
 # A client-chosen token must be at least this long whatever the configuration says.
 TOKEN_FLOOR = 16
@@ -199,6 +200,11 @@ class ListTemplates:
     """The helper's allow-lists for a create: templates, their options and values, stores."""
 
 
+@dataclass(frozen=True)
+class HelperMetrics:
+    """The helper's counters for GET /metrics (protocol.metrics.HELPER_FAMILIES)."""
+
+
 # What came of a request, as the audit trail records it.
 AUDIT_OUTCOMES = ("ok", "denied", "invalid", "error", "timeout", "interrupted")
 AUDIT_MAX_LIMIT = 500
@@ -255,7 +261,7 @@ Request = (ListContainers | ContainerInfo | StartContainer | StopContainer | Fre
            | UnfreezeContainer | RestartContainer | CreateContainer | CloneContainer
            | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit | HostReport
            | ContainerConfig | SetContainerConfig
-           | ListTemplates)
+           | ListTemplates | SubscribeEvents | HelperMetrics)
 
 
 @dataclass(frozen=True)
@@ -289,6 +295,9 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("set_container_config", SetContainerConfig, "operate", 60),
     # Read scope: a client that may only look is shown what a create could name, nothing more.
     Op("list_templates", ListTemplates, "read", 30),
+    # Its reply opens a stream on its connection (protocol/stream.py); the timeout is the reply's.
+    Op("subscribe_events", SubscribeEvents, "read", 30),
+    Op("helper_metrics", HelperMetrics, "read", 30),
 )}
 OP_OF_REQUEST: dict[type, Op] = {op.request: op for op in OPS.values()}
 

@@ -38,8 +38,11 @@ TEMPLATES = ["busybox"]
 STORES = ["dir"]
 # Ids no generator picks: revoke-by-id fuzzing must not cut the branch the fuzzer sits on.
 SAFE_IDS = {"admin": 424242424242, "read": 434343434343}
+# The event stream never ends by itself, so a generated request would wait for its body for
+# ever; its inputs and its end have tests of their own (tests/test_events_api.py).
+UNFUZZED = {"/api/v1/events"}
 OPERATIONS = [(method.upper(), path, op["operationId"])
-              for path, item in openapi.PATHS.items()
+              for path, item in openapi.PATHS.items() if path not in UNFUZZED
               for method, op in item.items() if method != "parameters"]
 # Schemathesis processes at once: admin jobs mostly wait on the helper (liblxc, forks, the
 # audit trail's fsyncs), read jobs burn CPU in schemathesis itself; on two cores, four
@@ -86,6 +89,8 @@ def narrowed_schema(live: Live, path: str) -> None:
                                      headers={"private-token": live.read})
     with urllib.request.urlopen(request, timeout=10) as response:
         doc = json.load(response)
+    for unfuzzed in UNFUZZED:
+        del doc["paths"][unfuzzed]
     create = doc["components"]["schemas"]["CreateContainer"]["properties"]
     create["template"] = {"enum": [*TEMPLATES, None]}
     create["store"] = {"enum": [*STORES, None]}

@@ -164,6 +164,7 @@ WIRE_EXAMPLES: dict[str, Any] = {
     "outcome": "ok", "limit": 50, "cursor": 3,
     "memory_limit": "512M", "memory_swap_limit": 1073741824, "cpus": "0-1,3", "cpu_weight": 200,
     "autostart": True, "autostart_delay": 5, "autostart_order": -3, "unset": ["cpus"],
+    "types": ["lifecycle", "operation"], "after_epoch": "0123456789abcdef", "after": 5,
 }
 
 
