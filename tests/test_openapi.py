@@ -6,10 +6,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from aiohttp import web
+
 from frontend import openapi
 from frontend.api import ROUTES
 from frontend.app import make_app
 from frontend.errors import STATUS
+from frontend.pages import Pages
 from protocol import ops, rules
 from protocol.errors import CODES
 from tests.conftest import Tokens, World
@@ -18,12 +21,13 @@ from tests.conftest import Tokens, World
 def served_routes(world: World) -> set[tuple[str, str]]:
     """(METHOD, path) the app routes, trailing-slash twins folded (each path has both)."""
     app = make_app(world.frontend)
+    panel = {(r.method, r.path) for r in Pages().routes() if isinstance(r, web.RouteDef)}
     routes = set()
     for route in app.router.routes():
         path = route.resource.canonical if route.resource is not None else ""
         # aiohttp answers HEAD for every GET by itself; the document need not list it. The
         # panel's pages (frontend/pages.py) are no part of the API.
-        if route.method != "HEAD" and path.startswith("/api/"):
+        if route.method != "HEAD" and (route.method, path) not in panel:
             routes.add((route.method, path.rstrip("/") or "/"))
     return routes
 
