@@ -221,8 +221,18 @@ def _rhost(address: str | None) -> str | None:
 def check(username: object, password: object, groups: Mapping[str, str] = DEFAULT_GROUPS,
           fail_delay: float = DEFAULT_FAIL_DELAY, address: str | None = None) -> SignIn | None:
     """A host account's sign-in: SignIn(user, scope), or None — always None after the same
-    delay, whatever refused it. Blocking (PAM, the delay): run it off the event loop."""
+    delay, whatever refused it. Blocking (PAM, the delay): the helper itself calls
+    authenticate() in a thread and waits out the delay on its event loop."""
     started = time.monotonic()
+    outcome = authenticate(username, password, groups, address)
+    if outcome is None:
+        time.sleep(max(0.0, started + fail_delay - time.monotonic()))
+    return outcome
+
+
+def authenticate(username: object, password: object, groups: Mapping[str, str],
+                 address: str | None = None) -> SignIn | None:
+    """check() without the delay, which the caller owes every None. Blocking (PAM)."""
     outcome, why = _check(username, password, groups, address)
     if outcome is None:
         known = isinstance(username, str) and _exists(username)
@@ -230,7 +240,6 @@ def check(username: object, password: object, groups: Mapping[str, str] = DEFAUL
         # would otherwise land in the log.
         log.warning("sign-in refused: user=%s reason=%s",
                     username if known else "(not an account)", why)
-        time.sleep(max(0.0, started + fail_delay - time.monotonic()))
     return outcome
 
 
