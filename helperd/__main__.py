@@ -10,7 +10,7 @@ import signal
 import sys
 
 from helperd import audit, config
-from helperd.audit_forward import Forwarder
+from helperd.audit.forward import Forwarder
 from helperd.containers import Containers
 from helperd.server import Helper, Listener, claim_socket_path, listening_socket
 from helperd.tokenstore import TokenStore

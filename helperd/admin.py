@@ -17,8 +17,9 @@ import sys
 import uuid
 from typing import Any
 
-from helperd import audit, audit_cli, config, doctor
-from protocol import ops
+from helperd import audit, config, doctor
+from helperd.audit import cli as audit_cli
+from protocol import ops, rules
 from protocol.client import HelperClient
 from protocol.config import DEFAULT_CONFIG, ConfigError
 from protocol.errors import LwpError
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     token = area.add_parser("token", help="manage API tokens").add_subparsers(
         dest="command", required=True)
     add = token.add_parser("add", help="create a token and print it once")
-    add.add_argument("--scope", choices=("read", "operate", "admin"), default="admin")
+    add.add_argument("--scope", choices=rules.SCOPES, default="admin")
     add.add_argument("--description", default="")
     add.add_argument("--expires-days", type=_expires_days)
     token.add_parser("list", help="list tokens (never their secrets)")

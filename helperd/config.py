@@ -236,6 +236,6 @@ def load(path: str | None) -> HelperConfig:
                           "max_connections")
     if not 1 <= cfg.max_connections_per_uid <= cfg.max_connections:
         raise ConfigError("helperd.max_connections_per_uid: must be 1 to max_connections")
-    if cfg.token_min_length < 16:
-        raise ConfigError("tokens.min_length: must be at least 16")
+    if cfg.token_min_length < ops.TOKEN_FLOOR:
+        raise ConfigError(f"tokens.min_length: must be at least {ops.TOKEN_FLOOR}")
     return cfg

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from helperd import safedirs
-from protocol import tokens
+from protocol import keyfile, tokens
 from protocol.errors import LwpError
 from protocol.tokens import TokenRecord
 
@@ -43,21 +43,6 @@ INSERT = (f"INSERT INTO tokens ({tokens.COLUMNS}) "  # noqa: S608 — constants 
 def private_path(state_dir: str) -> str:
     """The helper's own database (never the frontend's: it reads the published snapshot)."""
     return os.path.join(state_dir, PRIVATE_DIR, tokens.DB_FILE)
-
-
-def _ensure_file(path: str, gid: int, make: bytes) -> None:
-    """Create `path` 0640 root:gid if missing (atomically, never readable by others)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "wb") as f:
-            f.write(make)
-            f.flush()
-            os.fsync(f.fileno())
-    os.chown(path, 0, gid, follow_symlinks=False)
-    os.chmod(path, 0o640, follow_symlinks=False)
 
 
 def _create_private(path: str) -> None:
@@ -117,7 +102,7 @@ class TokenStore:
         self.gid = gid
         safedirs.ensure_dir(state_dir, gid, 0o750)  # the frontend's group must traverse it
         key_path = os.path.join(state_dir, tokens.KEY_FILE)
-        _ensure_file(key_path, gid, secrets.token_bytes(tokens.KEY_BYTES))
+        keyfile.make(key_path, gid, 0o640)  # the frontend's group reads it
         self.key = tokens.load_key(state_dir)
         safedirs.ensure_dir(os.path.join(state_dir, PRIVATE_DIR), 0, 0o700)
         self.path = private_path(state_dir)
@@ -184,16 +169,19 @@ class TokenStore:
 
     def revoke(self, token: str | None, token_id: int | None) -> TokenRecord:
         """Delete a token (by token or by id); blocking, as create()."""
-        where, arg = (("digest = ?", tokens.digest(self.key, token)) if token is not None
-                      else ("id = ?", token_id))
         with self._lock:
-            row = self._db.execute(f"SELECT {tokens.COLUMNS} FROM tokens WHERE {where}",  # noqa: S608
-                                   (arg,)).fetchone()
-            if row is None:
+            record = (tokens.find(self._db, tokens.digest(self.key, token)) if token is not None
+                      else self._by_id(token_id))
+            if record is None:
                 raise LwpError("not-found", "no such token")
-            self._db.execute("DELETE FROM tokens WHERE id = ?", (row[0],))
+            self._db.execute("DELETE FROM tokens WHERE id = ?", (record.id,))
             self._publish()
-        return tokens.row_record(row)
+        return record
+
+    def _by_id(self, token_id: int | None) -> TokenRecord | None:
+        row = self._db.execute(f"SELECT {tokens.COLUMNS} FROM tokens WHERE id = ?",  # noqa: S608
+                               (token_id,)).fetchone()
+        return None if row is None else tokens.row_record(row)
 
     def list(self) -> list[TokenRecord]:
         query = f"SELECT {tokens.COLUMNS} FROM tokens ORDER BY id"  # noqa: S608

@@ -447,7 +447,9 @@ def test_rotation_under_concurrent_mutations_keeps_every_record_once(
                     outcome = "ok"
                 except LwpError as exc:
                     outcome = audit.OUTCOME_OF_CODE[exc.code]
-                issued[envelope.request_id] = (envelope.op.mutating, outcome)
+                # This test's own reads (not a protocol flag: the helper's table decides).
+                mutating = not isinstance(request, ops.ListTokens | ops.ContainerInfo)
+                issued[envelope.request_id] = (mutating, outcome)
         finally:
             await client.close()
 

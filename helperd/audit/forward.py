@@ -21,6 +21,15 @@ IDENTIFIER = "lwp-audit"
 FACILITY = 10
 PRIORITY = {"ok": 6, None: 6, "interrupted": 4, "denied": 5, "invalid": 5, "error": 5,
             "timeout": 4}
+# Journal field <- the record's value it carries: (field, None or the nested part, key).
+RECORD_FIELDS = (
+    ("LWP_AUDIT_SEQ", None, "seq"), ("LWP_AUDIT_CHAIN", None, "chain"),
+    ("LWP_REQUEST_ID", None, "request_id"), ("LWP_OP", None, "op"),
+    ("LWP_PHASE", None, "phase"), ("LWP_OUTCOME", None, "outcome"),
+    ("LWP_CONTAINER", None, "container"), ("LWP_ACTOR_TOKEN_ID", "actor", "token_id"),
+    ("LWP_ACTOR", "actor", "description"), ("LWP_CLIENT", None, "client"),
+    ("LWP_PEER_UID", "peer", "uid"), ("LWP_PEER_PID", "peer", "pid"),
+)
 
 
 def summary(record: dict[str, Any]) -> str:
@@ -37,27 +46,16 @@ def summary(record: dict[str, Any]) -> str:
 
 
 def journal_fields(record: dict[str, Any]) -> dict[str, str]:
-    actor = record.get("actor") or {}
-    peer = record.get("peer") or {}
     fields = {
         "MESSAGE": summary(record),
         "PRIORITY": str(PRIORITY.get(record.get("outcome"), 6)),
         "SYSLOG_FACILITY": str(FACILITY),
         "SYSLOG_IDENTIFIER": IDENTIFIER,
-        "LWP_AUDIT_SEQ": str(record.get("seq")),
-        "LWP_AUDIT_CHAIN": str(record.get("chain")),
-        "LWP_REQUEST_ID": str(record.get("request_id")),
-        "LWP_OP": str(record.get("op")),
-        "LWP_PHASE": str(record.get("phase")),
-        "LWP_OUTCOME": str(record.get("outcome")),
-        "LWP_CONTAINER": str(record.get("container")),
-        "LWP_ACTOR_TOKEN_ID": str(actor.get("token_id")),
-        "LWP_ACTOR": str(actor.get("description")),
-        "LWP_CLIENT": str(record.get("client")),
-        "LWP_PEER_UID": str(peer.get("uid")),
-        "LWP_PEER_PID": str(peer.get("pid")),
-        "LWP_AUDIT_RECORD": json.dumps(record, sort_keys=True, separators=(",", ":")),
     }
+    for name, part, key in RECORD_FIELDS:
+        source = record if part is None else (record.get(part) or {})
+        fields[name] = str(source.get(key))
+    fields["LWP_AUDIT_RECORD"] = json.dumps(record, sort_keys=True, separators=(",", ":"))
     return fields
 
 
