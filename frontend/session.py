@@ -70,6 +70,7 @@ def set_cookie(response: web.StreamResponse, secret: str, path: str, secure: boo
 
 
 def clear_cookie(response: web.StreamResponse, path: str, secure: bool) -> None:
+    response.cookies.pop(COOKIE, None)  # a morsel set earlier would keep its attributes
     response.set_cookie(COOKIE, "", path=path, httponly=True, samesite="Strict",
                         secure=secure or None, max_age=0,
                         expires="Thu, 01 Jan 1970 00:00:00 GMT")

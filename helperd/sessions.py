@@ -29,8 +29,8 @@ class SessionPolicy:
 
 # key -> (lowest, highest): a typo must not make sessions endless or sign-ins free to guess.
 LIMITS: dict[str, tuple[float, float]] = {
-    "idle": (60, 86400),
-    "lifetime": (60, 30 * 86400),
+    "idle": (1, 86400),  # short is never weaker; tests use seconds
+    "lifetime": (1, 30 * 86400),
     "fail_delay": (0.1, 30),
     "max_checks": (1, 64),
 }
