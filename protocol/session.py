@@ -6,7 +6,9 @@ NUL, names of the shape Debian's tools make. Nothing here logs or keeps a passwo
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
+from protocol import rules
 from protocol.errors import invalid
 
 # useradd's default NAME_REGEX (`[a-z_][a-z0-9_-]*[$]?`) and its length limit (32): every
@@ -41,3 +43,36 @@ def password(value: object, field: str = "password") -> str:
     if size > PASSWORD_MAX_BYTES:
         raise invalid(field, f"must be at most {PASSWORD_MAX_BYTES} bytes in UTF-8")
     return value
+
+
+# -- the requests (rows of protocol.ops.OPS once wired) --------------------------------------
+
+@dataclass(frozen=True)
+class CreateSession:
+    """Sign in: a host account's name and password, or an API token to exchange. The secret
+    fields stay out of repr(), so no log line that prints a request can carry them."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.token is not None:
+            if self.username is not None or self.password is not None:
+                raise invalid("token", "give a token, or a username and a password, not both")
+            rules.token_secret(self.token, 1)
+            return
+        if self.username is None or self.password is None:
+            raise invalid("username", "give a username and a password, or a token")
+        user_name(self.username)
+        password(self.password)
+
+
+@dataclass(frozen=True)
+class EndSession:
+    """Sign out: revoke the session the request presents."""
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """Who the presented credential is: user, scope, kind, expiry."""

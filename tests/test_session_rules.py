@@ -14,7 +14,7 @@ from helperd import sessions
 from protocol import config
 from protocol.config import ConfigError
 from protocol.errors import LwpError
-from protocol.session import SIGN_IN_REFUSED
+from protocol.session import SIGN_IN_REFUSED, CreateSession
 
 HOST = "panel.example:5000"
 
@@ -134,3 +134,20 @@ async def test_refusals_wait_on_the_loop_holding_no_pam_slot() -> None:
         assert result.message == SIGN_IN_REFUSED
     assert 0.5 <= elapsed < 1.0, elapsed
     assert max(gaps) < 0.2, max(gaps)
+
+
+def test_a_sign_in_request_never_shows_its_secrets_in_repr() -> None:
+    text = repr(CreateSession("alice", "s3cret-pass"))
+    text += repr(CreateSession(token="lwp_" + "x" * 43))
+    assert "s3cret-pass" not in text and "x" * 43 not in text and "alice" in text
+
+
+@pytest.mark.parametrize("fields", [{}, {"username": "alice"}, {"password": "p"},
+                                    {"token": "lwp_abc", "username": "alice"},
+                                    {"username": "Alice", "password": "p"},
+                                    {"username": "alice", "password": "a\0b"},
+                                    {"token": "no spaces"}])
+def test_a_sign_in_request_is_a_name_and_password_or_a_token(fields: dict[str, str]) -> None:
+    with pytest.raises(LwpError) as caught:
+        CreateSession(**fields)
+    assert caught.value.code == "invalid-request"
