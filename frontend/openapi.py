@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from frontend.errors import STATUS
-from protocol import ops, rules
+from protocol import ops, rules, session
 from protocol.errors import CODES
 
 JSON = "application/json"
@@ -234,6 +234,21 @@ PATHS: dict[str, dict[str, Any]] = {
                 "summary": "what makes containers work or fail on this host (admin tokens)",
                 "responses": _responses("HostReport", *FORWARDED)},
     },
+    "/api/v1/session": {
+        "get": {"operationId": "session_info",
+                "summary": "who the presented credential is (a session or a token)",
+                "responses": _responses("SessionInfo", *FORWARDED)},
+        "post": {"operationId": "create_session",
+                 "summary": "sign in with a host account (PAM) or exchange an API token for a "
+                            "session; sets the HttpOnly session cookie (no credential needed)",
+                 "security": [],
+                 "requestBody": _body("CreateSession"),
+                 "responses": _responses("Session", *WITH_BODY)},
+        "delete": {"operationId": "end_session",
+                   "summary": "sign out: the session is revoked and its cookie cleared "
+                              "(cookie requests other than GET/HEAD need X-LWP-Request: 1)",
+                   "responses": _responses("SessionEnded", *FORWARDED, 400)},
+    },
     "/api/v1/openapi.json": {
         "get": {"operationId": "openapi", "summary": "this document (any valid token)",
                 "responses": _responses("OpenApi", *ANY_REQUEST)},
@@ -247,6 +262,25 @@ SCHEMAS["HostReport"] = {"type": "array", "items": _object(
     status={"enum": ["ok", "warning", "problem"]}, detail={"type": "string"},
     fix={"type": "string"})}
 SCHEMAS["TokenList"] = {"type": "array", "items": _ref("TokenRecord")}
+SCHEMAS["CreateSession"] = {"oneOf": [
+    _object(["username", "password"],
+            username=_string(session.USER_RE, session.USER_MAX),
+            password={"type": "string", "minLength": 1,
+                      "description": f"at most {session.PASSWORD_MAX_BYTES} bytes in UTF-8, "
+                                     "no NUL"}),
+    _object(["token"], token=_string(rules.TOKEN_RE, rules.TOKEN_MAX))]}
+SCHEMAS["Session"] = _object(
+    ["id", "user", "scope", "expires", "idle"], id={"type": "integer", "minimum": 1},
+    user={"type": ["string", "null"], "description": "the host account; null for a token"},
+    scope={"type": "string", "enum": list(rules.SCOPES)},
+    expires={"type": "number", "description": "Unix time at which the session ends anyway"},
+    idle={"type": "number", "description": "seconds without a request that end it"})
+SCHEMAS["SessionInfo"] = _object(
+    ["id", "kind", "user", "scope", "expires", "idle"],
+    id={"type": ["integer", "null"]}, kind={"enum": ["api", "session", "local"]},
+    user={"type": ["string", "null"]}, scope={"type": "string", "enum": list(rules.SCOPES)},
+    expires=NULLABLE_TIME, idle={"type": ["number", "null"]})
+SCHEMAS["SessionEnded"] = SCHEMAS["TokenRevoked"]
 SCHEMAS["OpenApi"] = {"type": "object", "required": ["openapi", "paths"]}
 
 

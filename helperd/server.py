@@ -23,16 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from helperd import audit, doctor, safedirs
+from helperd import audit, doctor, safedirs, sessions
 from helperd.audit_recovery import recover
 from helperd.config import HelperConfig
 from helperd.containers import Containers
 from helperd.isolate import Workers, run_isolated
 from helperd.tokenstore import TokenStore
-from protocol import framing, ops, rules
+from protocol import framing, ops, rules, tokens
 from protocol.config import ConfigError
 from protocol.errors import LwpError
 from protocol.limits import Buckets
+from protocol.session import CreateSession, EndSession, SessionInfo
 
 log = logging.getLogger("lwp.helperd")
 T = TypeVar("T")
@@ -222,7 +223,8 @@ class Helper:
         op = envelope.op
         call = audit.Call(self.audit, peer.uid, peer.pid)
         call.describe(envelope, read=envelope.op.name in {  # wired to the policy table at merge
-            "list_containers", "container_info", "list_tokens", "query_audit", "host_report"})
+            "list_containers", "container_info", "list_tokens", "query_audit", "host_report",
+            "session_info"})
         token = CURRENT_CALL.set(call)
         try:
             reply, code, message, result = await self._run(envelope, peer, call)
@@ -318,6 +320,9 @@ class Helper:
 
     def identify(self, envelope: ops.Envelope, peer: Peer) -> Actor:
         if envelope.token is None:
+            if envelope.op.name in ops.ANONYMOUS_OPS:
+                # Signing in: the request carries the credential, checked by its handler.
+                return Actor(None, "sign-in", "read")
             # Only root on this host may act without a token: that is the admin CLI, and
             # the way the first admin token comes to exist.
             if peer.uid == 0:
@@ -327,6 +332,10 @@ class Helper:
         if record is None:
             raise LwpError("unauthorized", "Unauthorized")
         return Actor(record.id, record.description, record.scope)
+
+    @functools.cached_property
+    def password_check(self) -> sessions.PasswordCheck:
+        return sessions.PasswordCheck(self.cfg.session)
 
     # -- running work -------------------------------------------------------------------
 
@@ -474,6 +483,54 @@ async def _list_tokens(h: Helper, req: ops.ListTokens, actor: Actor) -> Any:
     return [record.public() for record in await h.tokens.run(h.tokens.list)]
 
 
+async def _create_session(h: Helper, req: CreateSession, actor: Actor) -> Any:
+    """Sign in with a host account (PAM) or an API token; mint a session token."""
+    policy = h.cfg.session
+    if req.token is not None:
+        record = h.tokens.verify(req.token)
+        if record is None or record.kind != tokens.API:
+            raise sessions.refused()  # the frontend counts it as a failed authentication
+        user, scope, parent = None, record.scope, record.id
+        description = f"token {record.id}: {record.description}"
+    else:
+        assert req.username is not None and req.password is not None  # the request's rule
+        envelope = CURRENT_ENVELOPE.get()
+        signed = await h.password_check(req.username, req.password, envelope.client)
+        user, scope, parent, description = signed.user, signed.scope, None, signed.user
+    session_id, secret = await h.tokens.run(h.tokens.create_session, user, description, scope,
+                                            policy.idle, policy.lifetime, parent)
+    log.info("session %d for %s (%s) opened", session_id, description, scope)
+    record = h.tokens.verify(secret)
+    return {"id": session_id, "secret": secret, "user": user, "scope": scope,
+            "expires": None if record is None else record.expires, "idle": policy.idle}
+
+
+def _presented(h: Helper) -> tokens.TokenRecord | None:
+    envelope = CURRENT_ENVELOPE.get(None)
+    return None if envelope is None or envelope.token is None else h.tokens.verify(
+        envelope.token)
+
+
+async def _end_session(h: Helper, req: EndSession, actor: Actor) -> Any:
+    """Sign out: the presented session is deleted from the store, not only forgotten."""
+    record = _presented(h)
+    if record is None or record.kind != tokens.SESSION:
+        raise LwpError("invalid-request", "only a session can be ended here; revoke a token "
+                                          "with DELETE /api/v1/tokens/id/<id>")
+    await h.tokens.run(h.tokens.revoke, None, record.id)
+    log.info("session %d for %s ended: signed out", record.id, record.description)
+    return {"id": record.id}
+
+
+async def _session_info(h: Helper, req: SessionInfo, actor: Actor) -> Any:
+    record = _presented(h)
+    if record is None:  # root's CLI
+        return {"id": None, "kind": "local", "user": "root", "scope": actor.scope,
+                "expires": None, "idle": None}
+    return {"id": record.id, "kind": record.kind, "user": record.user, "scope": record.scope,
+            "expires": record.expires, "idle": record.idle}
+
+
 async def _query_audit(h: Helper, req: ops.QueryAudit, actor: Actor) -> Any:
     try:
         return await h.read(audit.query, h.cfg.audit_dir, req, op="query_audit")
@@ -501,6 +558,9 @@ ALLOWED: dict[str, Handler] = {
     "list_tokens": _list_tokens,
     "query_audit": _query_audit,
     "host_report": _host_report,
+    "create_session": _create_session,
+    "end_session": _end_session,
+    "session_info": _session_info,
 }
 
 

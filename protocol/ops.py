@@ -16,6 +16,7 @@ from typing import Any, Union
 
 from protocol import rules
 from protocol.errors import LwpError, invalid
+from protocol.session import CreateSession, EndSession, SessionInfo
 
 # A client-chosen token must be at least this long whatever the configuration says.
 TOKEN_FLOOR = 16
@@ -191,7 +192,8 @@ class QueryAudit:
 
 Request = (ListContainers | ContainerInfo | StartContainer | StopContainer | FreezeContainer
            | UnfreezeContainer | RestartContainer | CreateContainer | CloneContainer
-           | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit | HostReport)
+           | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit | HostReport
+           | CreateSession | EndSession | SessionInfo)
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,14 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("list_tokens", ListTokens, "admin", False, 30),
     Op("query_audit", QueryAudit, "admin", False, 60),
     Op("host_report", HostReport, "admin", False, 60),
+    # Sign-in needs no token (ANONYMOUS_OPS); the helper checks the password or the token it
+    # carries. The frontend waits past the refusal delay ([helperd.session] fail_delay).
+    Op("create_session", CreateSession, "read", False, 60),
+    Op("end_session", EndSession, "read", False, 30),
+    Op("session_info", SessionInfo, "read", False, 30),
 )}
+# Ops a peer may send without a token: the request carries its own credential.
+ANONYMOUS_OPS = frozenset({"create_session"})
 OP_OF_REQUEST: dict[type, Op] = {op.request: op for op in OPS.values()}
 
 
