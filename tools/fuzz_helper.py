@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 import math
 import os
@@ -322,12 +323,15 @@ def m_drop(rnd: random.Random, req: dict[Any, Any]) -> None:
 
 
 def m_extra(rnd: random.Random, req: dict[Any, Any]) -> None:
-    _map(rnd, req)[rnd.choice(EXTRA_KEYS)] = rnd.choice(WRONG_VALUES + HOSTILE_STRINGS)
+    # A copy: WRONG_VALUES holds maps, and one that became `args` would be written into by
+    # the next mutation (shared, it grew into a cycle that pack() recursed on for ever).
+    _map(rnd, req)[rnd.choice(EXTRA_KEYS)] = copy.deepcopy(
+        rnd.choice(WRONG_VALUES + HOSTILE_STRINGS))
 
 
 def m_wrong_type(rnd: random.Random, req: dict[Any, Any]) -> None:
     target, key = _slot(rnd, req)
-    target[key] = rnd.choice(WRONG_VALUES)
+    target[key] = copy.deepcopy(rnd.choice(WRONG_VALUES))  # a copy, as in m_extra
 
 
 def m_unknown_op(rnd: random.Random, req: dict[Any, Any]) -> None:
