@@ -73,7 +73,8 @@ deb-test:
 
 # The README as a new user meets it: on a fresh booted Debian 12 with lxcbr0 (an LXC guest on a
 # bridge of the test's own; apt reaches only the Debian archive, through the test's proxy),
-# `make run`, the curl walk-through as written, a stop that leaves nothing, and a second run.
+# `make run`, the curl walk-through as written, a stop that leaves nothing, a second run, and
+# `make test` (nested LXC; pip through the proxy's PyPI-only tunnels).
 readme-test:
 	$(PY) packaging/deb-test/readme.py
 

@@ -203,7 +203,7 @@ def loop(op: str, path: str, args: dict[str, Any], threads: int, seconds: float)
 
 def main() -> int:
     path = sys.argv[1]
-    # The same malloc arena cap as the helper (helperd/server.py): the loop's threads would
+    # The same malloc arena cap as the helper (helperd/startup.py): the loop's threads would
     # otherwise grow this process, and liblxc's get_ips() forks its caller, so a bigger
     # process makes every info slower; the floor must not be handicapped.
     ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX

@@ -8,20 +8,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
+import types
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from frontend import clientaddr, openapi, present
+from frontend import clientaddr, present
 from frontend import session as browser
 from frontend.accesslog import safe_target
 from frontend.auth import QUERY_KEY, TokenReader, presented_token
 from frontend.config import Network
-from frontend.errors import HTTP_CODES, error_response
+from frontend.errors import error_response, new_request_id, refusal
 from frontend.ratelimit import AuthFailures
+from frontend.surface import ACTIONS, TRUE_WORDS, Route, number
 from protocol import VERSION, ops, rules, tokens
 from protocol.client import HelperClient
 from protocol.errors import LwpError, invalid
@@ -31,15 +32,6 @@ from protocol.tokens import TokenRecord
 
 log = logging.getLogger("lwp.frontend")
 OK = {"status": "ok"}
-# The seed's actions, plus unfreeze and restart.
-ACTIONS: dict[str, type] = {
-    "start": ops.StartContainer,
-    "stop": ops.StopContainer,
-    "freeze": ops.FreezeContainer,
-    "unfreeze": ops.UnfreezeContainer,
-    "restart": ops.RestartContainer,
-}
-TRUE_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # GET /api/v1/audit's query parameters: QueryAudit's fields.
 AUDIT_TEXT = ("since", "until", "container", "actor", "op", "outcome")
@@ -54,46 +46,39 @@ SESSION_FIELDS = ("id", "user", "scope", "expires", "idle")
 
 class Api:
     def __init__(self, client: HelperClient, tokens: TokenReader, failures: AuthFailures,
-                 proxies: Sequence[Network] = (), token_min_length: int = ops.TOKEN_FLOOR,
-                 token_limit: Buckets | None = None, base_path: str = "/",
+                 proxies: Sequence[Network] = (), token_limit: Buckets | None = None,
+                 document: dict[str, Any] | None = None, base_path: str = "/",
                  origins: Sequence[str] = ()) -> None:
         self.client = client
+        self.document = document or {}  # GET /api/v1/openapi.json's answer
         self.base_path = base_path  # the session cookie's Path: where the browser sees us
         self.origins = frozenset(origins)  # public origins besides our own (a proxy's)
         self.token_limit = token_limit
         self.tokens = tokens
         self.failures = failures
         self.proxies = proxies
-        self.token_min_length = token_min_length
+        self._ops: dict[Handler, tuple[type, ...]] = {}
 
     def routes(self) -> list[web.RouteDef]:
-        table: dict[str, list[tuple[str, Handler]]] = {
-            "/api/v1/containers": [("GET", self.list_containers), ("PUT", self.create_container)],
-            "/api/v1/containers/{name}": [("GET", self.container_info),
-                                          ("POST", self.container_action),
-                                          ("DELETE", self.destroy_container)],
-            "/api/v1/tokens": [("GET", self.list_tokens), ("POST", self.create_token)],
-            "/api/v1/tokens/{token}": [("DELETE", self.revoke_token)],
-            "/api/v1/tokens/id/{id}": [("DELETE", self.revoke_token_by_id)],
-            "/api/v1/openapi.json": [("GET", self.openapi)],
-            "/api/v1/audit": [("GET", self.query_audit)],
-            "/api/v1/host": [("GET", self.host_report)],
-            "/api/v1/session": [("GET", self.session_info), ("POST", self.create_session),
-                                ("DELETE", self.end_session)],
-        }
-        # Every route answers with and without a trailing slash; no redirects (the
-        # reference's redirect turned a PUT into a GET). A path's methods are added one after
-        # the other, so aiohttp gives them one resource: it resolves a request by trying the
-        # resources in turn, an await each, and 14 cost less than 22 (~2 us a request).
-        return [web.route(method, path + slash, handler)
-                for path, routes in table.items() for slash in ("", "/")
-                for method, handler in routes]
+        """ROUTES, served. Every route answers with and without a trailing slash; no redirects
+        (the reference's redirect turned a PUT into a GET). A path's methods are added one
+        after the other, so aiohttp gives them one resource: it resolves a request by trying
+        the resources in turn, an await each, so fewer resources answer sooner."""
+        defs = []
+        for path in dict.fromkeys(row.path for row in ROUTES):
+            for slash in ("", "/"):
+                for row in ROUTES:
+                    if row.path == path:
+                        handler = types.MethodType(row.handler, self)
+                        self._ops[handler] = row.ops
+                        defs.append(web.route(row.method, path + slash, handler))
+        return defs
 
     # -- middlewares ----------------------------------------------------------------------
 
     @web.middleware
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        request_id = os.urandom(16).hex()  # uuid4().hex's form at a third of its cost
+        request_id = new_request_id()
         request["request_id"] = request_id
         try:
             response = await handler(request)
@@ -101,14 +86,8 @@ class Api:
             response = error_response(exc)
         except ConnectionError:
             raise  # the client went away mid-request: aiohttp drops it quietly, so do we
-        except web.HTTPException as exc:
-            code = HTTP_CODES.get(exc.status, "invalid-request")
-            response = error_response(LwpError(code, exc.reason))
-            if "Allow" in exc.headers:  # a 405 must say what is allowed (RFC 9110)
-                response.headers["Allow"] = exc.headers["Allow"]
-                # ... and a client using a method we never serve may frame its message in a
-                # way we do not (a TRACE with a body, say): start afresh on a new connection.
-                response.force_close()
+        except web.HTTPException as exc:  # aiohttp's own refusal: no route, method, too large
+            response = refusal(exc.status, exc.reason, exc.headers.get("Allow", ""))
         except Exception:  # noqa: BLE001 — logged in full here, never shown to the client
             log.exception("request %s failed unexpectedly", request_id)
             response = error_response(LwpError("internal-error", "internal error"))
@@ -176,10 +155,11 @@ class Api:
         envelope = ops.Envelope(request["request_id"], request["token"], request["client"], req)
         return await self.client.call(envelope)
 
-    def permit(self, request: web.Request, *candidates: type) -> None:
-        """403 before a body is read if the token may call none of the handler's operations:
+    def permit(self, request: web.Request) -> None:
+        """403 before a body is read if the token may call none of its route's operations:
         a token without the scope gets no parser to work on (call() checks the one chosen)."""
         record: TokenRecord = request["record"]
+        candidates = self._ops[request.match_info.route.handler]
         if not any(rules.scope_allows(record.scope, ops.OP_OF_REQUEST[c].scope)
                    for c in candidates):
             raise LwpError("forbidden", "Forbidden")
@@ -195,7 +175,7 @@ class Api:
 
     async def container_action(self, request: web.Request) -> web.Response:
         name = rules.container_name(request.match_info["name"])
-        self.permit(request, *ACTIONS.values())
+        self.permit(request)
         body = await json_object(request)
         action = field(body, "action", str)
         _no_others(body, {"action"})
@@ -205,7 +185,7 @@ class Api:
         return web.json_response(OK)
 
     async def create_container(self, request: web.Request) -> web.Response:
-        self.permit(request, ops.CreateContainer, ops.CloneContainer)
+        self.permit(request)
         body = await json_object(request)
         _no_others(body, {"name", "template", "clone", "store", "xargs"})
         name = field(body, "name", str)
@@ -237,7 +217,7 @@ class Api:
         return web.json_response(OK)
 
     async def create_token(self, request: web.Request) -> web.Response:
-        self.permit(request, ops.CreateToken)
+        self.permit(request)
         body = await json_object(request)
         _no_others(body, {"token", "description", "scope", "expires"})
         scope = field(body, "scope", str, required=False)
@@ -258,10 +238,10 @@ class Api:
         return web.json_response({**OK, "id": result["id"]})
 
     async def revoke_token_by_id(self, request: web.Request) -> web.Response:
-        raw = request.match_info["id"]
-        if not rules.ascii_digits(raw) or len(raw) > 18:
+        token_id = number(request.match_info["id"])
+        if token_id is None:
             raise invalid("id", "must be a positive integer")
-        result = await self.call(request, ops.RevokeToken(id=int(raw)))
+        result = await self.call(request, ops.RevokeToken(id=token_id))
         return web.json_response({**OK, "id": result["id"]})
 
     async def create_session(self, request: web.Request) -> web.Response:
@@ -298,9 +278,7 @@ class Api:
         return web.json_response(await self.call(request, SessionInfo()))
 
     async def openapi(self, request: web.Request) -> web.Response:
-        # Served to any valid token, like every /api/ path: it names no secret, but the
-        # contract is that an anonymous client learns nothing about the API's paths.
-        return web.json_response(openapi.document(self.token_min_length))
+        return web.json_response(self.document)
 
     async def host_report(self, request: web.Request) -> web.Response:
         """The helper's host check (as `lwp-admin doctor`), and this frontend's version: a
@@ -325,11 +303,58 @@ class Api:
         values: dict[str, Any] = {key: query[key] for key in AUDIT_TEXT if key in query}
         for key in AUDIT_NUMBERS:
             if key in query:
-                raw = query[key]
-                if not rules.ascii_digits(raw) or len(raw) > 18:
+                values[key] = number(query[key])
+                if values[key] is None:
                     raise invalid(key, "must be a non-negative integer")
-                values[key] = int(raw)
         return web.json_response(await self.call(request, ops.QueryAudit(**values)))
+
+
+CONTAINER = "/api/v1/containers/{name}"
+# The route table: the one source of what is served and of what the OpenAPI document says.
+ROUTES = (
+    Route("GET", "/api/v1/containers", Api.list_containers, (ops.ListContainers,),
+          "containers and their states", "ContainerList"),
+    Route("PUT", "/api/v1/containers", Api.create_container,
+          (ops.CreateContainer, ops.CloneContainer),
+          "create a container from a template or as a clone (synchronous)", "Ok",
+          body="CreateContainer", errors=(409, 500)),
+    Route("GET", CONTAINER, Api.container_info, (ops.ContainerInfo,),
+          "a container's state and usage", "ContainerInfo", errors=(400, 404)),
+    Route("POST", CONTAINER, Api.container_action, tuple(ACTIONS.values()),
+          f"{', '.join(list(ACTIONS)[:-1])} or {list(ACTIONS)[-1]}", "Ok",
+          body="Action", errors=(409, 500)),
+    Route("DELETE", CONTAINER, Api.destroy_container, (ops.DestroyContainer,),
+          "destroy a container; a running one only with force", "Ok",
+          errors=(400, 409, 500), query=("force",)),
+    Route("GET", "/api/v1/tokens", Api.list_tokens, (ops.ListTokens,),
+          "every token, never a secret", "TokenList"),
+    Route("POST", "/api/v1/tokens", Api.create_token, (ops.CreateToken,),
+          "register or generate a token", "TokenCreated", body="CreateToken", errors=(409,)),
+    Route("DELETE", "/api/v1/tokens/{token}", Api.revoke_token, (ops.RevokeToken,),
+          "revoke a token by its secret", "TokenRevoked", errors=(400, 404)),
+    Route("DELETE", "/api/v1/tokens/id/{id}", Api.revoke_token_by_id, (ops.RevokeToken,),
+          "revoke a token by its id", "TokenRevoked", errors=(400, 404)),
+    # Served to any valid token, like every /api/ path: it names no secret, but the contract
+    # is that an anonymous client learns nothing about the API's paths.
+    Route("GET", "/api/v1/openapi.json", Api.openapi, (),
+          "this document (any valid token)", "OpenApi"),
+    Route("GET", "/api/v1/audit", Api.query_audit, (ops.QueryAudit,),
+          "one page of the audit trail, filtered (admin tokens)", "AuditPage",
+          errors=(400, 500), query=AUDIT_TEXT + AUDIT_NUMBERS),
+    Route("GET", "/api/v1/host", Api.host_report, (ops.HostReport,),
+          "what makes containers work or fail on this host (admin tokens)", "HostReport"),
+    Route("GET", "/api/v1/session", Api.session_info, (SessionInfo,),
+          "who the presented credential is (a session or a token)", "SessionInfo"),
+    # Needs no credential (it carries one): the one route the middleware lets through
+    # unauthenticated, after the address limiter (openapi.py marks it `security: []`).
+    Route("POST", "/api/v1/session", Api.create_session, (CreateSession,),
+          "sign in with a host account (PAM) or exchange an API token for a session; sets "
+          "the HttpOnly session cookie", "Session", body="CreateSession"),
+    Route("DELETE", "/api/v1/session", Api.end_session, (EndSession,),
+          "sign out: the session is revoked and its cookie cleared (cookie requests other "
+          "than GET and HEAD need X-LWP-Request: 1 and our Origin)", "SessionEnded",
+          errors=(400,)),
+)
 
 
 def _request_line(request: web.BaseRequest) -> str:

@@ -5,6 +5,7 @@ import logging
 
 from aiohttp import web
 
+from frontend import openapi
 from frontend.api import LIMITED_TOKENS, Api
 from frontend.auth import TokenReader
 from frontend.config import FrontendConfig
@@ -20,8 +21,8 @@ def make_app(cfg: FrontendConfig) -> web.Application:
                        cfg.auth_limit_clients),
         LogLimiter(logging.getLogger("lwp.frontend.auth"), cfg.auth_log_per_minute))
     api = Api(client, TokenReader(cfg.state_dir), failures, cfg.trusted_proxies,
-              cfg.token_min_length, Buckets(cfg.token_requests_burst,
-                                            cfg.token_requests_per_second, LIMITED_TOKENS),
+              Buckets(cfg.token_requests_burst, cfg.token_requests_per_second, LIMITED_TOKENS),
+              openapi.document(cfg.token_min_length),
               base_path=cfg.base_path, origins=cfg.origins)
     # Errors wrap authentication, which wraps routing: an anonymous client gets 401 on
     # every /api/ path and method, before a 404 or 405 could tell it anything.

@@ -1,7 +1,10 @@
-"""The one place an error code becomes an HTTP status, and the one shape of an error body."""
+"""The one place an error code becomes an HTTP status, and the one shape of an error body;
+aiohttp's own refusals become such errors here too, and every request id is made here.
+"""
 from __future__ import annotations
 
 import math
+import os
 
 from aiohttp import web
 
@@ -26,7 +29,7 @@ STATUS: dict[str, int] = {
     "insufficient-storage": 503,
     "timeout": 504,
 }
-# aiohttp's own refusals (routing, body size) in our vocabulary.
+# aiohttp's own refusals (routing, body size, an unparsable request) in our vocabulary.
 HTTP_CODES: dict[int, str] = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}
 
 
@@ -36,4 +39,22 @@ def error_response(error: LwpError) -> web.Response:
     if error.code == "rate-limited":
         # Every 429 says when to come back (the helper's own refusals carry no time: 1 s).
         response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after or 1)))
+    return response
+
+
+def new_request_id() -> str:
+    """128 random bits as hex: uuid4().hex's form, for less work (no UUID object)."""
+    return os.urandom(16).hex()
+
+
+def refusal(status: int, message: str, allow: str = "") -> web.Response:
+    """aiohttp's refusal of a request (`status`; `allow`: the methods a 405 names) in the API's
+    error shape. Only a fault of ours is 5xx; any other refusal is the client's, a 4xx."""
+    code = HTTP_CODES.get(status, "invalid-request") if status < 500 else "internal-error"
+    response = error_response(LwpError(code, message))
+    if allow:  # a 405 must say what is allowed (RFC 9110) ...
+        response.headers["Allow"] = allow
+        # ... and a client using a method we never serve may frame its message in a way we
+        # do not (a TRACE with a body, say): start afresh on a new connection.
+        response.force_close()
     return response

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import re
 import resource
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -21,9 +20,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadStatusLine
 from aiohttp.web_protocol import RequestHandler
 
-from frontend.errors import HTTP_CODES, error_response
+from frontend.errors import new_request_id, refusal
 from frontend.ratelimit import LogLimiter
-from protocol.errors import LwpError
 
 log = logging.getLogger("lwp.frontend.guard")
 # asyncio accepts up to `backlog` connections in one turn of the loop before any of them
@@ -121,14 +119,12 @@ class ConnectionGuard:
         if METHOD_RE.fullmatch(method) and allowed:
             # A well-formed method the C parser does not know (e.g. QUERY) is not allowed
             # here, as any method missing from the route table is.
-            response = error_response(LwpError("method-not-allowed", "Method Not Allowed"))
-            response.headers["Allow"] = ", ".join(allowed)
+            response = refusal(405, "Method Not Allowed", ", ".join(allowed))
         else:
-            code = HTTP_CODES.get(status, "invalid-request") if status < 500 else "internal-error"
-            response = error_response(LwpError(code, "the request could not be parsed"))
+            response = refusal(status, "the request could not be parsed")
         self._log.warning(self.loop.time(), "refused an unparsable request with %d (client %s)",
                           response.status, peer)
-        response.headers["X-Request-Id"] = uuid.uuid4().hex
+        response.headers["X-Request-Id"] = new_request_id()
         response.force_close()
         return response
 

@@ -1,7 +1,7 @@
-"""The OpenAPI 3.1 document of the RestAPI, built from the same rules and codes the code enforces.
+"""The OpenAPI 3.1 document of the RestAPI, generated from the route table (frontend/api.py ROUTES).
 
-Patterns, scopes, actions and error codes come from protocol/ and frontend/ themselves, so the
-document cannot drift from them; tests/test_openapi.py proves its paths are exactly the served ones.
+Paths, operations, patterns, scopes, actions, `force` words, number limits and error codes come
+from frontend/ and protocol/ themselves, so the document cannot drift from what is served.
 """
 from __future__ import annotations
 
@@ -10,20 +10,17 @@ import functools
 import re
 from typing import Any
 
+from frontend.api import ROUTES
 from frontend.errors import STATUS
+from frontend.surface import ACTIONS, NUMBER_MAX, Route, force_pattern
 from protocol import ops, rules, session
 from protocol.errors import CODES
 
 JSON = "application/json"
 # What a list of containers can say about a state (liblxc's states, lower-cased by the helper).
 STATES = ("stopped", "starting", "running", "stopping", "aborting", "freezing", "frozen", "thawed")
-# The seed's `force` words, case-insensitive, exactly as frontend/api.py accepts them.
-FORCE_RE = "^([Tt][Rr][Uu][Ee]|[Yy][Ee][Ss]|1|[Ff][Aa][Ll][Ss][Ee]|[Nn][Oo]|0)$"
-# Errors any /api/ request can meet: no or a bad token, too many of those, an unreadable store.
 ANY_REQUEST = (401, 429, 503)
-# ... and any request forwarded to the helper: a scope too small, the helper's own failures.
-FORWARDED = ANY_REQUEST + (403, 502, 504)
-WITH_BODY = FORWARDED + (400, 413)
+FORWARDED = (403, 502, 504)
 
 
 def _anchored(pattern: re.Pattern[str]) -> str:
@@ -79,8 +76,7 @@ SCHEMAS: dict[str, Any] = {
                     "ip", "link", "cpu_use", "memory_use", "kmem_use", "blkio_use", "rx_bytes",
                     "tx_bytes", "total_bytes")}),
     ]},
-    "Action": _object(["action"], action={"type": "string", "enum": [
-        "start", "stop", "freeze", "unfreeze", "restart"]}),
+    "Action": _object(["action"], action={"type": "string", "enum": list(ACTIONS)}),
     "CreateContainer": {
         **_object(
             ["name"], name=NAME,
@@ -167,93 +163,59 @@ def _query_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 ISO_TIME = ("^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
             "(T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\\.[0-9]{1,6})?)?"
             "(Z|[+-](0[0-9]|1[0-3]):[0-5][0-9])?)?$")
-COUNT = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}
-AUDIT_PARAMS = [
-    _query_param("since", {"type": "string", "pattern": ISO_TIME}),
-    _query_param("until", {"type": "string", "pattern": ISO_TIME}),
-    _query_param("container", NAME),
-    _query_param("actor", {**TEXT, "minLength": 1, "maxLength": rules.MAX_DESCRIPTION,
-                           "description": "a token id (digits 0-9 only), or part of a token's "
-                                          "description"}),
-    _query_param("op", {"type": "string", "enum": sorted(ops.OPS)}),
-    _query_param("outcome", {"type": "string", "enum": list(ops.AUDIT_OUTCOMES)}),
-    _query_param("limit", {**COUNT, "minimum": 1, "maximum": ops.AUDIT_MAX_LIMIT}),
-    _query_param("cursor", {**COUNT, "description": "next_cursor of the previous page"}),
-]
-NAME_PARAM = _path_param("name", NAME)
-# Path -> method -> operation. Every route also answers with a trailing slash, unredirected.
-PATHS: dict[str, dict[str, Any]] = {
-    "/api/v1/containers": {
-        "get": {"operationId": "list_containers", "summary": "containers and their states",
-                "responses": _responses("ContainerList", *FORWARDED)},
-        "put": {"operationId": "create_container",
-                "summary": "create a container from a template or as a clone (synchronous)",
-                "requestBody": _body("CreateContainer"),
-                "responses": _responses("Ok", *WITH_BODY, 409, 500)},
-    },
-    "/api/v1/containers/{name}": {
-        "parameters": [NAME_PARAM],
-        "get": {"operationId": "container_info", "summary": "a container's state and usage",
-                "responses": _responses("ContainerInfo", *FORWARDED, 400, 404)},
-        "post": {"operationId": "container_action",
-                 "summary": "start, stop, freeze, unfreeze or restart",
-                 "requestBody": _body("Action"),
-                 "responses": _responses("Ok", *WITH_BODY, 409, 500)},
-        "delete": {"operationId": "destroy_container",
-                   "summary": "destroy a container; a running one only with force",
-                   "parameters": [{"name": "force", "in": "query", "required": False,
-                                   "schema": {"type": "string", "pattern": FORCE_RE}}],
-                   "responses": _responses("Ok", *FORWARDED, 400, 409, 500)},
-    },
-    "/api/v1/tokens": {
-        "get": {"operationId": "list_tokens", "summary": "every token, never a secret",
-                "responses": _responses("TokenList", *FORWARDED)},
-        "post": {"operationId": "create_token", "summary": "register or generate a token",
-                 "requestBody": _body("CreateToken"),
-                 "responses": _responses("TokenCreated", *WITH_BODY, 409)},
-    },
-    "/api/v1/tokens/{token}": {
-        "delete": {"operationId": "revoke_token", "summary": "revoke a token by its secret",
-                   "parameters": [_path_param("token", _string(rules.TOKEN_RE, rules.TOKEN_MAX))],
-                   "responses": _responses("TokenRevoked", *FORWARDED, 400, 404)},
-    },
-    "/api/v1/tokens/id/{id}": {
-        "delete": {"operationId": "revoke_token_by_id", "summary": "revoke a token by its id",
-                   "parameters": [_path_param("id", {"type": "integer", "minimum": 1,
-                                                     "maximum": 10**18 - 1})],
-                   "responses": _responses("TokenRevoked", *FORWARDED, 400, 404)},
-    },
-    "/api/v1/audit": {
-        "get": {"operationId": "query_audit",
-                "summary": "one page of the audit trail, filtered (admin tokens)",
-                "parameters": AUDIT_PARAMS,
-                "responses": _responses("AuditPage", *FORWARDED, 400, 500)},
-    },
-    "/api/v1/host": {
-        "get": {"operationId": "host_report",
-                "summary": "what makes containers work or fail on this host (admin tokens)",
-                "responses": _responses("HostReport", *FORWARDED)},
-    },
-    "/api/v1/session": {
-        "get": {"operationId": "session_info",
-                "summary": "who the presented credential is (a session or a token)",
-                "responses": _responses("SessionInfo", *FORWARDED)},
-        "post": {"operationId": "create_session",
-                 "summary": "sign in with a host account (PAM) or exchange an API token for a "
-                            "session; sets the HttpOnly session cookie (no credential needed)",
-                 "security": [],
-                 "requestBody": _body("CreateSession"),
-                 "responses": _responses("Session", *WITH_BODY)},
-        "delete": {"operationId": "end_session",
-                   "summary": "sign out: the session is revoked and its cookie cleared "
-                              "(cookie requests other than GET/HEAD need X-LWP-Request: 1)",
-                   "responses": _responses("SessionEnded", *FORWARDED, 400)},
-    },
-    "/api/v1/openapi.json": {
-        "get": {"operationId": "openapi", "summary": "this document (any valid token)",
-                "responses": _responses("OpenApi", *ANY_REQUEST)},
-    },
+COUNT = {"type": "integer", "minimum": 0, "maximum": NUMBER_MAX}
+# A query parameter's schema, by name: a route's row names its parameters, this says what
+# each admits (a name a row uses and this lacks fails at import).
+QUERY: dict[str, dict[str, Any]] = {
+    "force": {"type": "string", "pattern": force_pattern()},
+    "since": {"type": "string", "pattern": ISO_TIME},
+    "until": {"type": "string", "pattern": ISO_TIME},
+    "container": NAME,
+    "actor": {**TEXT, "minLength": 1, "maxLength": rules.MAX_DESCRIPTION,
+              "description": "a token id (digits 0-9 only), or part of a token's description"},
+    "op": {"type": "string", "enum": sorted(ops.OPS)},
+    "outcome": {"type": "string", "enum": list(ops.AUDIT_OUTCOMES)},
+    "limit": {**COUNT, "minimum": 1, "maximum": ops.AUDIT_MAX_LIMIT},
+    "cursor": {**COUNT, "description": "next_cursor of the previous page"},
 }
+# A path parameter's schema, by name.
+IN_PATH: dict[str, dict[str, Any]] = {
+    "name": NAME,
+    "token": _string(rules.TOKEN_RE, rules.TOKEN_MAX),
+    "id": {"type": "integer", "minimum": 1, "maximum": NUMBER_MAX},
+}
+
+
+def _operation(row: Route) -> dict[str, Any]:
+    # Errors any /api/ request can meet: no or a bad token, too many of those, an unreadable
+    # store; a forwarded one: a scope too small, the helper's own failures; a body: its own.
+    errors = [*ANY_REQUEST, *(FORWARDED if row.ops else ()), *((400, 413) if row.body else ()),
+              *row.errors]
+    out: dict[str, Any] = {"operationId": row.handler.__name__, "summary": row.summary}
+    if row.query:
+        out["parameters"] = [_query_param(name, QUERY[name]) for name in row.query]
+    if row.body:
+        out["requestBody"] = _body(row.body)
+    out["responses"] = _responses(row.ok, *errors)
+    return out
+
+
+def paths(routes: tuple[Route, ...]) -> dict[str, dict[str, Any]]:
+    """Path -> method -> operation, from the route table. Every route also answers with a
+    trailing slash, unredirected."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in routes:
+        item = out.setdefault(row.path, {})
+        names = re.findall(r"{(\w+)}", row.path)
+        if names:
+            item["parameters"] = [_path_param(name, IN_PATH[name]) for name in names]
+        item[row.method.lower()] = _operation(row)
+    return out
+
+
+PATHS = paths(ROUTES)
+# Signing in takes its credential in the body: no security scheme applies.
+PATHS["/api/v1/session"]["post"]["security"] = []
 SCHEMAS["AuditPage"] = _object(
     ["records", "next_cursor"], records={"type": "array", "items": {"type": "object"}},
     next_cursor={"type": ["integer", "null"]})

@@ -12,7 +12,8 @@ import sys
 from helperd import audit, config
 from helperd.audit.forward import Forwarder
 from helperd.containers import Containers
-from helperd.server import Helper, Listener, claim_socket_path, listening_socket
+from helperd.server import Helper
+from helperd.startup import Listener, cap_malloc_arenas, claim_socket_path, listening_socket
 from helperd.tokenstore import TokenStore
 from protocol.config import DEFAULT_CONFIG, ConfigError
 
@@ -31,6 +32,7 @@ async def serve(cfg: config.HelperConfig) -> None:
         cfg.audit_dir, cfg.audit_key_file, cfg.audit_rotate_bytes, cfg.audit_group,
         forward if forward is not None and forward.active else None,
         cfg.audit_window, cfg.audit_window_keys)
+    cap_malloc_arenas()  # before the helper's read pool makes its threads
     helper = Helper(cfg, Containers(cfg), tokens, writer)
     # Before the socket exists: nothing new may start until the last run's loose ends are tied.
     if in_flight:

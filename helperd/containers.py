@@ -29,9 +29,6 @@ from protocol.errors import LwpError, invalid
 # A host-side interface name as liblxc reports it, safe to put in a /sys path.
 IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 RUNNING = frozenset({"RUNNING", "FROZEN"})
-# Changes that copy or build a root filesystem, run niced (perform()).
-BACKGROUND = frozenset({"create_container", "clone_container"})
-BACKGROUND_NICE = 10
 # Backing stores whose rootfs is a plain directory on the host (lxc.rootfs.path "dir:PATH",
 # "btrfs:PATH" or a bare PATH): files in it can be written without mounting anything.
 DIRECTORY_STORES = frozenset({"", "dir", "btrfs"})
@@ -113,7 +110,7 @@ class Containers:
 
     # -- reads (run in the helper's thread pool) ----------------------------------------
 
-    def list_containers(self) -> list[dict[str, str]]:
+    def list_containers(self, req: ops.ListContainers) -> list[dict[str, str]]:
         names = lxc.list_containers(config_path=self.cfg.lxcpath, as_object=False)
         listing = []
         for name in sorted(names):
@@ -125,7 +122,8 @@ class Containers:
             listing.append({"container": name, "state": self._state(name).lower()})
         return listing
 
-    def container_info(self, name: str) -> dict[str, Any]:
+    def container_info(self, req: ops.ContainerInfo) -> dict[str, Any]:
+        name = req.name
         c = self._existing(name, "not-found")
         stopped = {"name": name, "state": "STOPPED", "pid": 0}
         lxcpath = self.cfg.lxcpath
@@ -150,19 +148,7 @@ class Containers:
                 # Seen from the container: what it receives is what the host side sends.
                 "rx_bytes": host_tx, "tx_bytes": host_rx, **stats}
 
-    # -- state changes (run in a worker process, see isolate.py) --------------------------
-
-    def perform(self, request: ops.Request) -> None:
-        """Make the change `request` asks for: the method named like its op."""
-        op = ops.OP_OF_REQUEST[type(request)].name
-        if op in BACKGROUND:
-            # A template or a rootfs copy runs for seconds on end: at a lower CPU priority
-            # (its processes inherit it), so that the requests answered meanwhile keep their
-            # pace. For good: raising it again would need CAP_SYS_NICE, which the helper's
-            # unit does not grant; the worker retires instead (isolate.py), a fork against a
-            # create's 0.4 s.
-            os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICE)
-        getattr(self, op)(request)
+    # -- state changes (run in a worker process: helperd/policy.py's RULES, isolate.py) -----
 
     def start_container(self, req: ops.StartContainer) -> None:
         self._start(self._in_state(req.name, "start", {"STOPPED"}))

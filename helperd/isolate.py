@@ -2,10 +2,10 @@
 
 Why children: liblxc's start() moves its caller into the container's monitor cgroups, a template
 may run for minutes, and a hung call (freeze, a stuck template) must be killable without taking
-the helper down. Container changes go to pre-forked workers: a fork of the helper costs ~5 ms,
-handing a job to a waiting worker ~0.1 ms. A worker that misses its deadline is killed with its
-process group; one that cannot move back to the helper's cgroups, or was niced, retires. A
-worker never returns into the event loop: it always _exits.
+the helper down. Container changes go to pre-forked workers: handing a job to a waiting worker
+costs a small fraction of a fork of the helper (bench/README.md). A worker that misses its
+deadline is killed with its process group; one that cannot move back to the helper's cgroups,
+or was niced, retires. A worker never returns into the event loop: it always _exits.
 """
 from __future__ import annotations
 
@@ -18,20 +18,42 @@ import signal
 import socket
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import msgpack
 
 from helperd import lxclog
 from protocol import framing, ops
-from protocol.errors import LwpError
+from protocol.errors import LwpError, invalid
 
 OUTPUT_TAIL = 600  # characters of a failed child's output that go into the error message
 PR_SET_PDEATHSIG = 1
 SPARE_WORKERS = 2  # workers kept waiting: enough for two changes of different containers at once
 WORKER_FD = 3  # the worker's end of its socket; every other inherited fd above 2 is closed
 MAX_JOBS = 1000  # then a worker retires, so whatever liblxc leaks per call stays bounded
-Job = Callable[[Any], None]  # runs in the worker, given the decoded job message
+Task = Callable[[Any], None]  # runs in the worker, given the decoded job message
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What the helper hands a worker: one request, as its op's name and its arguments. The
+    worker rebuilds it from the wire, so the request is validated again on that side too."""
+
+    request: ops.Request
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": ops.OP_OF_REQUEST[type(self.request)].name,
+                "args": ops.encode_args(self.request)}
+
+    @classmethod
+    def from_wire(cls, wire: object) -> WorkerJob:
+        """The job in `wire`, or `invalid-request` for anything but a valid {op, args}."""
+        if not isinstance(wire, dict) or wire.keys() != {"op", "args"}:
+            raise invalid("job", "must be a map of op and args")
+        if not isinstance(wire["op"], str):
+            raise invalid("job.op", "must be str")
+        return cls(ops.decode_args(wire["op"], wire["args"]))
 
 
 class Workers:
@@ -40,7 +62,7 @@ class Workers:
     Workers are taken last-in first-out, so a sequence of changes reuses one warm worker."""
 
     def __init__(self, perform: Callable[[Any], None], spare: int = SPARE_WORKERS) -> None:
-        self._job: Job = lambda wire: perform(ops.decode_request(wire).request)
+        self._job: Task = lambda wire: perform(WorkerJob.from_wire(wire).request)
         self._spare = spare
         self._idle: list[_Worker] = []
         self._refill: asyncio.Handle | None = None  # a fill() due on the next loop turn
@@ -67,13 +89,12 @@ class Workers:
         try:
             if on_child is not None:
                 on_child(worker.pid)
-            envelope = ops.Envelope("job", None, "helperd", request)
-            await worker.call(ops.encode_request(envelope), deadline)
+            await worker.call(WorkerJob(request).to_wire(), deadline)
         finally:
             if worker.reusable and len(self._idle) < self._spare:
                 self._idle.append(worker)
             else:
-                worker.retire()
+                worker.kill()  # idle again, so nothing of its work is cut short
             if len(self._idle) < self._spare and self._refill is None:
                 # After this reply is on its way: the fork then costs no request any time.
                 self._refill = asyncio.get_running_loop().call_soon(self.fill)
@@ -83,7 +104,7 @@ class Workers:
             self._refill.cancel()
             self._refill = None
         while self._idle:
-            self._idle.pop().retire()
+            self._idle.pop().kill()
 
 
 async def run_isolated(call: Callable[[], None], deadline: float,
@@ -96,7 +117,7 @@ async def run_isolated(call: Callable[[], None], deadline: float,
             on_child(worker.pid)
         await worker.call(None, deadline)
     finally:
-        worker.retire()
+        worker.kill()
 
 
 class _Worker:
@@ -108,7 +129,7 @@ class _Worker:
         self.status = "running"
 
     @classmethod
-    def spawn(cls, job: Job) -> _Worker:
+    def spawn(cls, job: Task) -> _Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
         pid = os.fork()
@@ -137,7 +158,7 @@ class _Worker:
             self.kill()
             raise LwpError("internal-error", f"the liblxc call ended its worker "
                                              f"({self.status})")
-        reply = framing.decode_body(data, from_helper=True)  # from a worker: root, our code
+        reply = framing.decode_trusted_body(data)  # from a worker: root, our code
         self.reusable = reply["reusable"] is True
         if reply["code"] is not None:
             raise LwpError(reply["code"], reply["message"])
@@ -153,10 +174,6 @@ class _Worker:
                 pass  # already gone, but still to be reaped
             self.status = _describe(os.waitpid(self.pid, 0)[1])
 
-    def retire(self) -> None:
-        """End an idle worker (it waits for a job, so nothing of its work is cut short)."""
-        self.kill()
-
 
 def _describe(status: int) -> str:
     if os.WIFSIGNALED(status):
@@ -166,7 +183,7 @@ def _describe(status: int) -> str:
 
 # -- the worker's side ---------------------------------------------------------------------
 
-def _serve(job: Job, sock_fd: int, parent: int) -> NoReturn:
+def _serve(job: Task, sock_fd: int, parent: int) -> NoReturn:
     code = 1
     try:
         # Nothing inherited from the helper is ever finalised here: its fds are closed
@@ -210,10 +227,10 @@ def _serve(job: Job, sock_fd: int, parent: int) -> NoReturn:
         os._exit(code)
 
 
-def _perform(job: Job, message: bytes) -> dict[str, Any]:
+def _perform(job: Task, message: bytes) -> dict[str, Any]:
     """Run one job; the tail of its output explains a failed liblxc call."""
     try:
-        job(framing.decode_body(message, from_helper=True))
+        job(framing.decode_trusted_body(message))
     except LwpError as exc:
         text = _with_tail(exc.message, 1) if exc.code == "operation-failed" else exc.message
         return {"code": exc.code, "message": text}

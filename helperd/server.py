@@ -1,8 +1,7 @@
-"""The helper's socket server: peer check, strict decoding, authorisation and the ALLOWED table.
+"""The helper's connections: peer check, strict decoding, authorisation, then policy.RULES.
 
-ALLOWED *is* the policy (as in OpenSSH's monitor): one row per operation that protocol declares,
-mapping it to its handler. A frame that fails to decode ends the connection after an error reply;
-a request that decodes is re-validated and re-authorised here, whatever the frontend checked.
+A frame that fails to decode ends the connection after an error reply; a request that decodes is
+re-validated and re-authorised here, whatever the frontend checked, and run as its rule says.
 """
 from __future__ import annotations
 
@@ -15,30 +14,26 @@ import functools
 import logging
 import os
 import socket
-import stat
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from helperd import audit, doctor, safedirs, sessions
-from helperd.audit_recovery import recover
+from helperd import audit, policy, sessions
 from helperd.config import HelperConfig
 from helperd.containers import Containers
 from helperd.isolate import Workers, run_isolated
+from helperd.policy import Kind, Rule
+from helperd.recovery import recover
 from helperd.tokenstore import TokenStore
 from protocol import framing, ops, rules, tokens
-from protocol.config import ConfigError
 from protocol.errors import LwpError
 from protocol.limits import Buckets
-from protocol.session import CreateSession, EndSession, SessionInfo
 
 log = logging.getLogger("lwp.helperd")
 T = TypeVar("T")
-# Room left under the frontend's wait for the helper to report a missed deadline itself.
-DEADLINE_MARGIN = 5.0
 # Token ids the per-token limiter remembers at most (least recently seen forgotten first).
 LIMITED_TOKENS = 10_000
 MIB = 1024 * 1024
@@ -50,25 +45,13 @@ CURRENT_CALL: contextvars.ContextVar[audit.Call] = contextvars.ContextVar("audit
 CURRENT_ENVELOPE: contextvars.ContextVar[ops.Envelope] = contextvars.ContextVar("envelope")
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-MALLOC_ARENAS = 2
-
-
-def _cap_malloc_arenas() -> None:
-    """glibc gives every thread that mallocs an arena of its own (up to 8 per core), and the
-    read pool's threads kept theirs: the helper grew from 26 to 41 MiB in 20k reads, 57 MiB
-    in the N=100 benchmark's 100k. With 2 arenas it stays at 33 MiB (bench/README.md)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to cap
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)
-
-
 MALLOC_TRIM_INTERVAL = 2.0  # seconds
 
 
 def _trim_malloc() -> None:
-    """Hand the heap's free pages back to the kernel, which glibc does not do by itself:
-    concurrent reads (16 lists of 100 containers at once) left the helper at 42 MiB for
-    good. ~1-2 ms in a reader thread, at most every MALLOC_TRIM_INTERVAL seconds."""
+    """Hand the heap's free pages back to the kernel, which glibc does not do by itself after
+    concurrent reads (measured: see bench/README.md). In a reader thread, at most every
+    MALLOC_TRIM_INTERVAL seconds."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL(None).malloc_trim(0)
 
@@ -101,9 +84,8 @@ class Helper:
         self.containers = containers
         self.tokens = tokens
         self.audit = audit_writer
-        _cap_malloc_arenas()
         self.readers = ThreadPoolExecutor(cfg.read_workers, thread_name_prefix="lxc-read")
-        self.workers = Workers(containers.perform)
+        self.workers = Workers(functools.partial(policy.perform, containers))
         self._locks: dict[str, _Slot] = {}
         self._trimmed = 0.0
         self._busy = 0  # requests executing now
@@ -160,14 +142,17 @@ class Helper:
         # a slot for nothing. Later ones have none, so the frontend's pooled connections may
         # idle between requests (a close racing a request on it would lose that request).
         first_frame: float | None = self.cfg.first_frame_timeout
+        # Read exactly what the reader lacks (a header, then its body), so each part has its
+        # own deadline and bytes of a next frame stay in the stream until it is its turn.
+        frames = framing.FrameReader(framing.MAX_FRAME)
         try:
             while True:
                 try:
                     if first_frame is None:  # the hot path: no timer at all
-                        header = await reader.readexactly(framing.HEADER.size)
+                        header = await reader.readexactly(frames.missing)
                     else:
                         async with asyncio.timeout(first_frame):
-                            header = await reader.readexactly(framing.HEADER.size)
+                            header = await reader.readexactly(frames.missing)
                         first_frame = None
                 except asyncio.IncompleteReadError:
                     return  # a clean hang-up between frames
@@ -177,14 +162,15 @@ class Helper:
                     return
                 obj: object = None
                 try:
-                    length = framing.body_length(header)
-                    try:
-                        async with asyncio.timeout(self.cfg.frame_timeout):
-                            body = await reader.readexactly(length)
-                    except TimeoutError:
-                        raise LwpError("protocol-error", f"the rest of a frame did not arrive "
-                                       f"within {self.cfg.frame_timeout:g} s") from None
-                    obj = framing.decode_body(body)
+                    body = frames.feed(header)  # None: the header is in and within the cap
+                    while body is None:
+                        try:
+                            async with asyncio.timeout(self.cfg.frame_timeout):
+                                body = frames.feed(await reader.readexactly(frames.missing))
+                        except TimeoutError:
+                            raise LwpError("protocol-error", f"the rest of a frame did not "
+                                           f"arrive within {self.cfg.frame_timeout:g} s") from None
+                    obj = framing.decode_untrusted_body(body)
                     envelope = ops.decode_request(obj)
                 except LwpError as exc:
                     # The stream cannot be trusted past a bad frame: answer once, then hang up.
@@ -222,9 +208,7 @@ class Helper:
         """Run one request; its audit records are on disk before the reply is returned."""
         op = envelope.op
         call = audit.Call(self.audit, peer.uid, peer.pid)
-        call.describe(envelope, read=envelope.op.name in {  # wired to the policy table at merge
-            "list_containers", "container_info", "list_tokens", "query_audit", "host_report",
-            "session_info"})
+        call.describe(envelope, read=policy.RULES[op.name].read)
         token = CURRENT_CALL.set(call)
         try:
             reply, code, message, result = await self._run(envelope, peer, call)
@@ -244,11 +228,12 @@ class Helper:
                    call: audit.Call) -> tuple[dict[str, Any], str | None, str | None, Any]:
         """The reply, and the error code, message and result its audit record needs."""
         op = envelope.op
+        rule = policy.RULES[op.name]
         try:
             actor = self.authorize(envelope, peer, call)
             self.limit(actor)
-            self.check_space(op.name)
-            result = await ALLOWED[op.name](self, envelope.request, actor)
+            self.check_space(rule)
+            result = await self.dispatch(rule, envelope.request, actor)
         except LwpError as exc:
             log.info("%s %s by uid %d: %s (%s)", envelope.request_id, op.name, peer.uid,
                      exc.code, exc.message)
@@ -288,13 +273,12 @@ class Helper:
             raise LwpError("rate-limited", f"too many requests with this token; retry in "
                            f"{wait:.1f} s", retry_after=wait)
 
-    def check_space(self, op: str) -> None:
+    def check_space(self, rule: Rule) -> None:
         """Below the free-space floor under the trail reads are refused, below the reserve
         changes too: a change must never run without room for its records."""
         st = os.statvfs(self.cfg.audit_dir)
         free = st.f_bavail * st.f_frsize
-        change = op not in {  # wired to the policy table at merge
-            "list_containers", "container_info", "list_tokens", "query_audit", "host_report"}
+        change = not rule.read
         floor = self.cfg.audit_reserve_bytes if change else self.cfg.audit_min_free_bytes
         if free < floor:
             now = time.monotonic()
@@ -337,21 +321,39 @@ class Helper:
     def password_check(self) -> sessions.PasswordCheck:
         return sessions.PasswordCheck(self.cfg.session)
 
-    # -- running work -------------------------------------------------------------------
+    def presented(self) -> tokens.TokenRecord | None:
+        """The live record of the token the request being run presented (None: root's CLI,
+        or a token gone meanwhile)."""
+        envelope = CURRENT_ENVELOPE.get(None)
+        if envelope is None or envelope.token is None:
+            return None
+        return self.tokens.verify(envelope.token)
 
-    def deadline(self, op: str) -> float:
-        """How long the helper lets an op run: under the frontend's wait, so that the helper
-        reports a missed deadline itself; `[helperd.op_timeouts]` may shorten it."""
-        return self.cfg.op_timeouts.get(op, ops.OPS[op].timeout - DEADLINE_MARGIN)
+    def client(self) -> str:
+        """The client address the frontend reported for the request being run."""
+        envelope = CURRENT_ENVELOPE.get(None)
+        return "unknown" if envelope is None else envelope.client
 
-    async def read(self, call: Callable[..., T], *args: Any, op: str) -> T:
+    # -- running work, as the request's rule says ------------------------------------------
+
+    async def dispatch(self, rule: Rule, request: Any, actor: Actor) -> Any:
+        """Call the rule's method on what its kind names, where its kind runs it."""
+        if rule.kind is Kind.CONTAINER_CHANGE:
+            return await self.change(rule, request)
+        if rule.kind is Kind.READ:
+            return await self.read(rule, rule.call, self.containers, request)
+        if rule.kind is Kind.HOST_READ:
+            return await self.read(rule, rule.call, self, request)
+        return await rule.call(self, request, actor)  # the token store runs its own thread
+
+    async def read(self, rule: Rule, call: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         try:
-            # asyncio.timeout, not wait_for: no extra task per read (~10 us less each).
-            async with asyncio.timeout(self.deadline(op)):
+            # asyncio.timeout, not wait_for: no extra task per read.
+            async with asyncio.timeout(rule.deadline(self.cfg)):
                 result = await loop.run_in_executor(self.readers, call, *args)
         except TimeoutError:
-            raise LwpError("timeout", f"{op} did not finish in time") from None
+            raise LwpError("timeout", f"{rule.name} did not finish in time") from None
         now = time.monotonic()
         if now - self._trimmed >= MALLOC_TRIM_INTERVAL:
             self._trimmed = now
@@ -393,19 +395,15 @@ class Helper:
         if not rules.scope_allows(record.scope, op.scope):
             raise LwpError("forbidden", "Forbidden")
 
-    async def mutate(self, request: Any, *names: str, deadline: float | None = None,
-                     on_timeout: Callable[[bool], None] | None = None) -> dict[str, str]:
-        """Run a container change in a worker process, holding the containers' locks.
-
-        After a missed deadline `on_timeout` runs (isolated too), told whether the target
-        existed before the change began."""
-        op = ops.OP_OF_REQUEST[type(request)]
-        limit = self.deadline(op.name) if deadline is None else deadline
+    async def change(self, rule: Rule, request: Any) -> dict[str, str]:
+        """Run a container change in a worker process, holding the containers' locks; after a
+        missed deadline, run (isolated too) what the rule says undoes its half-done work."""
+        limit = rule.deadline(self.cfg)
         call = CURRENT_CALL.get()
-        async with self.locked(*names):
+        async with self.locked(*rule.locks(request)):
             # The wait for the lock may have been long (a create ahead of this change): the
             # token must still be good when the change begins, not only when it was asked.
-            self._still_authorized(op)
+            self._still_authorized(rule.op)
             # The start record is durable before liblxc is touched; whether the target
             # existed lets a recovery tell a create's own remains from someone else's.
             preexisting = os.path.lexists(
@@ -414,232 +412,8 @@ class Helper:
             try:
                 await self.workers.run(request, limit, call.child_started)
             except LwpError as exc:
-                if exc.code == "timeout" and on_timeout is not None:
-                    await run_isolated(functools.partial(on_timeout, preexisting), limit,
-                                       call.child_started)
+                undo = rule.after_timeout(self.containers, request.name, preexisting)
+                if exc.code == "timeout" and undo is not None:
+                    await run_isolated(undo, limit, call.child_started)
                 raise
         return {}
-
-
-# -- the ALLOWED table: every operation protocol declares, and nothing else ----------------
-
-Handler = Callable[[Helper, Any, Actor], Awaitable[Any]]
-
-
-async def _list_containers(h: Helper, req: ops.ListContainers, actor: Actor) -> Any:
-    return await h.read(h.containers.list_containers, op="list_containers")
-
-
-async def _container_info(h: Helper, req: ops.ContainerInfo, actor: Actor) -> Any:
-    return await h.read(h.containers.container_info, req.name, op="container_info")
-
-
-async def _named_mutation(h: Helper, req: Any, actor: Actor) -> Any:
-    return await h.mutate(req, req.name)
-
-
-async def _freeze_container(h: Helper, req: ops.FreezeContainer, actor: Actor) -> Any:
-    # liblxc's freeze can wait for ever on a cgroup stuck in FREEZING.
-    return await h.mutate(req, req.name, deadline=h.cfg.freeze_timeout,
-                          on_timeout=lambda _existed: h.containers.thaw_after_timeout(req.name))
-
-
-async def _create_container(h: Helper, req: ops.CreateContainer, actor: Actor) -> Any:
-    return await h.mutate(req, req.name, on_timeout=_remains_of(h, req.name))
-
-
-async def _clone_container(h: Helper, req: ops.CloneContainer, actor: Actor) -> Any:
-    return await h.mutate(req, req.name, req.source, on_timeout=_remains_of(h, req.name))
-
-
-def _remains_of(h: Helper, name: str) -> Callable[[bool], None]:
-    """A create or clone killed at its deadline never ran its own cleanup: remove what it
-    made, but only if the name was free when it began (else what is there is not its)."""
-    def remove(existed: bool) -> None:
-        if not existed:
-            h.containers.remove_remains(name)
-    return remove
-
-
-async def _create_token(h: Helper, req: ops.CreateToken, actor: Actor) -> Any:
-    if not rules.scope_allows(actor.scope, req.scope):
-        raise LwpError("forbidden", "a token can only create tokens of its own scope or lower")
-    # On the store's own thread: a commit and a publish (fsyncs) must not stall the loop.
-    token_id, token = await h.tokens.run(h.tokens.create, req.token, req.description,
-                                         req.scope, req.expires)
-    log.info("token %d (%s, %s) created by %s", token_id, req.description, req.scope,
-             actor.description)
-    # The token goes back only when the helper generated it: a client-chosen one it already has.
-    return {"id": token_id, "token": token if req.token is None else None}
-
-
-async def _revoke_token(h: Helper, req: ops.RevokeToken, actor: Actor) -> Any:
-    record = await h.tokens.run(h.tokens.revoke, req.token, req.id)
-    log.info("token %d (%s) revoked by %s", record.id, record.description, actor.description)
-    return {"id": record.id}
-
-
-async def _list_tokens(h: Helper, req: ops.ListTokens, actor: Actor) -> Any:
-    return [record.public() for record in await h.tokens.run(h.tokens.list)]
-
-
-async def _create_session(h: Helper, req: CreateSession, actor: Actor) -> Any:
-    """Sign in with a host account (PAM) or an API token; mint a session token."""
-    policy = h.cfg.session
-    if req.token is not None:
-        record = h.tokens.verify(req.token)
-        if record is None or record.kind != tokens.API:
-            raise sessions.refused()  # the frontend counts it as a failed authentication
-        user, scope, parent = None, record.scope, record.id
-        description = f"token {record.id}: {record.description}"
-    else:
-        assert req.username is not None and req.password is not None  # the request's rule
-        envelope = CURRENT_ENVELOPE.get()
-        signed = await h.password_check(req.username, req.password, envelope.client)
-        user, scope, parent, description = signed.user, signed.scope, None, signed.user
-    session_id, secret = await h.tokens.run(h.tokens.create_session, user, description, scope,
-                                            policy.idle, policy.lifetime, parent)
-    log.info("session %d for %s (%s) opened", session_id, description, scope)
-    record = h.tokens.verify(secret)
-    return {"id": session_id, "secret": secret, "user": user, "scope": scope,
-            "expires": None if record is None else record.expires, "idle": policy.idle}
-
-
-def _presented(h: Helper) -> tokens.TokenRecord | None:
-    envelope = CURRENT_ENVELOPE.get(None)
-    return None if envelope is None or envelope.token is None else h.tokens.verify(
-        envelope.token)
-
-
-async def _end_session(h: Helper, req: EndSession, actor: Actor) -> Any:
-    """Sign out: the presented session is deleted from the store, not only forgotten."""
-    record = _presented(h)
-    if record is None or record.kind != tokens.SESSION:
-        raise LwpError("invalid-request", "only a session can be ended here; revoke a token "
-                                          "with DELETE /api/v1/tokens/id/<id>")
-    await h.tokens.run(h.tokens.revoke, None, record.id)
-    log.info("session %d for %s ended: signed out", record.id, record.description)
-    return {"id": record.id}
-
-
-async def _session_info(h: Helper, req: SessionInfo, actor: Actor) -> Any:
-    record = _presented(h)
-    if record is None:  # root's CLI
-        return {"id": None, "kind": "local", "user": "root", "scope": actor.scope,
-                "expires": None, "idle": None}
-    return {"id": record.id, "kind": record.kind, "user": record.user, "scope": record.scope,
-            "expires": record.expires, "idle": record.idle}
-
-
-async def _query_audit(h: Helper, req: ops.QueryAudit, actor: Actor) -> Any:
-    try:
-        return await h.read(audit.query, h.cfg.audit_dir, req, op="query_audit")
-    except (OSError, audit.AuditError) as exc:
-        raise audit.lookup_error(exc) from None
-
-
-async def _host_report(h: Helper, req: ops.HostReport, actor: Actor) -> Any:
-    return await h.read(doctor.report, h.cfg, op="host_report")
-
-
-ALLOWED: dict[str, Handler] = {
-    "list_containers": _list_containers,
-    "container_info": _container_info,
-    "start_container": _named_mutation,
-    "stop_container": _named_mutation,
-    "freeze_container": _freeze_container,
-    "unfreeze_container": _named_mutation,
-    "restart_container": _named_mutation,
-    "create_container": _create_container,
-    "clone_container": _clone_container,
-    "destroy_container": _named_mutation,
-    "create_token": _create_token,
-    "revoke_token": _revoke_token,
-    "list_tokens": _list_tokens,
-    "query_audit": _query_audit,
-    "host_report": _host_report,
-    "create_session": _create_session,
-    "end_session": _end_session,
-    "session_info": _session_info,
-}
-
-
-@dataclass(frozen=True)
-class Listener:
-    """The socket the helper serves, and the file it bound (None: systemd's, not its own)."""
-
-    sock: socket.socket
-    made: tuple[str, int, int] | None = None  # path, st_dev, st_ino of the file it bound
-
-    def remove(self) -> None:
-        """Unlink the socket file this helper made, if it is still that file (at exit)."""
-        if self.made is None:
-            return
-        path, dev, ino = self.made
-        with contextlib.suppress(FileNotFoundError):
-            info = os.lstat(path)
-            if (info.st_dev, info.st_ino) == (dev, ino):
-                os.unlink(path)
-
-
-def _socket_activated() -> bool:
-    return (os.environ.get("LISTEN_PID") == str(os.getpid())
-            and os.environ.get("LISTEN_FDS") == "1")
-
-
-def claim_socket_path(cfg: HelperConfig, gid: int) -> None:
-    """Make the socket's directory (0750 root:gid; a symlink there is refused) and clear a
-    stale socket; refuse to start if a live helper answers on it. Run first of all: a second
-    helper must not open the trail and "recover" the first one's operations in flight."""
-    if _socket_activated():
-        return  # systemd holds the socket: there is nothing of ours to claim
-    # The frontend's group must traverse the directory.
-    safedirs.ensure_dir(os.path.dirname(cfg.socket), gid, 0o750)
-    _clear_stale(cfg.socket)
-
-
-def listening_socket(cfg: HelperConfig, gid: int) -> Listener:
-    """The socket systemd passed us (socket activation), or one we make: 0660 root:gid in 0750."""
-    if _socket_activated():
-        sock = socket.socket(fileno=3)
-        if sock.family != socket.AF_UNIX:
-            raise RuntimeError("the socket systemd passed is not a Unix socket")
-        return Listener(sock)
-    claim_socket_path(cfg, gid)  # again: cheap, and the path is checked right before the bind
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o117)  # 0660 from the start, root:root until the chown: never others'
-    try:
-        sock.bind(cfg.socket)
-    finally:
-        os.umask(old_umask)
-    sock.listen(128)  # at once: a bound socket that refuses would look stale to a prober
-    info = os.lstat(cfg.socket)
-    os.chown(cfg.socket, 0, gid, follow_symlinks=False)
-    return Listener(sock, (cfg.socket, info.st_dev, info.st_ino))
-
-
-STALE_PROBE_TIMEOUT = 2.0  # seconds: a live helper accepts at once, even when busy
-
-
-def _clear_stale(path: str) -> None:
-    """Remove a socket left by a helper that is gone; refuse to start beside a live one, or
-    over anything that is not a socket."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise ConfigError(f"{path}: exists and is not a socket; refusing to replace it")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(STALE_PROBE_TIMEOUT)
-        try:
-            probe.connect(path)
-        except FileNotFoundError:
-            return  # gone meanwhile
-        except ConnectionRefusedError:
-            os.unlink(path)  # nothing listens: a helper that stopped without removing it
-            return
-        except OSError:
-            pass  # a timeout (a full backlog) is a live listener too
-    raise ConfigError(f"{path}: another helper is serving on this socket; stop it first "
-                      "(the helper does not take over a live socket)")

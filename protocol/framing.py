@@ -1,9 +1,9 @@
-"""Frames: a 4-byte big-endian length, then exactly one msgpack object. Sans-I/O: a reader
-takes the header, asks body_length, reads that many bytes, and hands them to decode_body.
+"""Frames: a 4-byte big-endian length, then exactly one msgpack object. FrameReader is the one
+sans-I/O reader of them (bytes in, whole bodies out): the helper and the client both use it.
 
 The size cap is checked on the length prefix, before any byte of the body is buffered or
 decoded. Untrusted frames (requests, decoded by the helper) use msgpack's pure-Python unpacker:
-Debian 12's C unpacker (1.0.3) leaks about 1.6 KiB per malformed frame, the fallback does not.
+Debian 12's C unpacker (1.0.3) leaks per malformed frame, the fallback does not.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def encode_frame(obj: Any, limit: int = MAX_FRAME) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def body_length(header: bytes, limit: int = MAX_FRAME) -> int:
+def body_length(header: bytes | bytearray, limit: int = MAX_FRAME) -> int:
     """The body length announced by a frame header, refused when over the cap."""
     (length,) = HEADER.unpack(header)
     if length > limit:
@@ -39,15 +39,71 @@ def body_length(header: bytes, limit: int = MAX_FRAME) -> int:
     return int(length)
 
 
-def decode_body(body: bytes, from_helper: bool = False) -> Any:
-    """Exactly one msgpack object with str keys and no trailing bytes, or a protocol error.
+class FrameReader:
+    """Bytes in, whole frame bodies out (`feed`); no sockets, no waiting.
 
-    `from_helper`: the body is a reply of the root helper, which only sends what its own
-    packer made, so it never meets the C unpacker's leak on malformed input; the C unpacker
-    is ~25x faster (a 100-entry list reply: 0.75 ms -> 0.03 ms); its cap is MAX_REPLY.
-    """
-    unpackb = msgpack.unpackb if from_helper else msgpack.fallback.unpackb
-    limit = MAX_REPLY if from_helper else MAX_FRAME
+    A header is checked against `limit` as soon as its 4 bytes are in, so an oversize or
+    empty frame is refused before its body is awaited. A bad header leaves the reader
+    unusable: the stream cannot be trusted past it. `held` is what is kept of a frame not
+    yet whole (or of frames after the one returned)."""
+
+    __slots__ = ("limit", "held", "_length")
+
+    def __init__(self, limit: int = MAX_FRAME) -> None:
+        self.limit = limit
+        # Mostly a frame comes in one piece and is kept as given (no copy); only a split one
+        # is gathered, in a bytearray, so a large body is not copied again with each piece.
+        self.held: bytes | bytearray = b""
+        self._length = -1  # the current frame's body length once its header is in
+
+    def feed(self, data: bytes = b"") -> bytes | None:
+        """Add `data`; return the next whole body, or None until more bytes come; LwpError for
+        a bad header. Feed nothing to take a further frame that is already in.
+
+        One call per piece, not one to add and one to take: this is the client's hot path."""
+        held = self.held
+        if not held:
+            held = data
+        elif isinstance(held, bytearray):
+            held += data
+        else:
+            held = bytearray(held) + data
+        self.held = held
+        head = HEADER.size
+        if self._length < 0:
+            if len(held) < head:
+                return None
+            self._length = body_length(held[:head], self.limit)
+        end = head + self._length
+        if len(held) < end:
+            return None
+        self._length = -1
+        self.held = held[end:] if len(held) > end else b""
+        return bytes(held[head:end])
+
+    @property
+    def missing(self) -> int:
+        """How many bytes the current part (the header, then the body) still lacks."""
+        if self._length < 0:
+            return max(HEADER.size - len(self.held), 0)
+        return max(HEADER.size + self._length - len(self.held), 0)
+
+
+def decode_untrusted_body(body: bytes) -> Any:
+    """An untrusted body (a peer's request to the root helper): capped at MAX_FRAME, decoded by
+    msgpack's pure-Python unpacker, which does not leak on malformed input."""
+    return _decode(body, msgpack.fallback.unpackb, MAX_FRAME)
+
+
+def decode_trusted_body(body: bytes) -> Any:
+    """A body from our own root side (the helper's reply, a worker's job or outcome): capped
+    at MAX_REPLY and decoded by the C unpacker, which is much faster and here only ever meets
+    what msgpack's own packer made (bench/README.md has the figures)."""
+    return _decode(body, msgpack.unpackb, MAX_REPLY)
+
+
+def _decode(body: bytes, unpackb: Any, limit: int) -> Any:
+    """Exactly one msgpack object with str keys and no trailing bytes, or a protocol error."""
     try:
         return unpackb(
             body, raw=False, strict_map_key=True, use_list=True,

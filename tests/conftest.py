@@ -76,7 +76,7 @@ class World:
             s.connect(self.socket)
             s.sendall(framing.encode_frame(ops.encode_request(envelope)))
             length = framing.body_length(_recv_exactly(s, framing.HEADER.size))
-            return ops.decode_reply(framing.decode_body(_recv_exactly(s, length)))
+            return ops.decode_reply(framing.decode_untrusted_body(_recv_exactly(s, length)))
 
     def start_helper(self) -> None:
         with open(self.log, "ab") as log:
@@ -160,6 +160,9 @@ min_length = 20
 socket_group = "nogroup"
 allowed_users = []
 lxcpath = "{base}/lxc"
+# Not `auto`: under a systemd unit (a CI runner) auto picks lxc@.service, which knows only
+# /var/lib/lxc and refuses the world's own lxcpath.
+start_method = "fork"
 templates_dir = "{base}/templates"
 templates = ["busybox", "recorder", "failing", "slow", "debian"]
 default_config = "{base}/default.conf"

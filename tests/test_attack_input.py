@@ -145,7 +145,7 @@ def raw_frame(world: World, args: dict[str, Any]) -> dict[str, Any]:
         s.connect(world.socket)
         s.sendall(framing.encode_frame(frame))
         (length,) = struct.unpack(">I", s.recv(4))
-        reply: dict[str, Any] = framing.decode_body(s.recv(length))
+        reply: dict[str, Any] = framing.decode_untrusted_body(s.recv(length))
     return reply
 
 
@@ -166,5 +166,5 @@ def test_the_helper_refuses_a_raw_audit_query_with_non_ascii_digits(world: World
         s.connect(world.socket)
         s.sendall(framing.encode_frame(frame))
         (length,) = struct.unpack(">I", s.recv(4))
-        reply = framing.decode_body(s.recv(length))
+        reply = framing.decode_untrusted_body(s.recv(length))
     assert reply["ok"] is False and reply["code"] == "invalid-request", reply

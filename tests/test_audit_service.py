@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -20,10 +21,10 @@ from aiohttp.test_utils import TestServer
 
 from frontend.accesslog import AccessLogger
 from frontend.app import make_app
-from helperd import admin, audit
-from helperd.audit_recovery import settle_container
+from helperd import admin, audit, policy
 from helperd.config import load as load_helper_config
 from helperd.containers import Containers
+from helperd.recovery import settle_container
 from protocol import framing, ops
 from protocol.client import HelperClient
 from protocol.errors import LwpError
@@ -240,7 +241,7 @@ def test_a_frame_that_does_not_decode_is_recorded_as_invalid(dedicated: World) -
         s.connect(world.socket)
         s.sendall(frame)
         header = s.recv(4)
-        reply = framing.decode_body(s.recv(framing.body_length(header)))
+        reply = framing.decode_untrusted_body(s.recv(framing.body_length(header)))
     assert reply["code"] == "invalid-request"
     [record] = of_request(world, "bad-frame-0001")
     assert (record["op"], record["outcome"], record["phase"]) == ("format_disk", "invalid",
@@ -388,7 +389,7 @@ async def test_recovery_keeps_a_complete_create_and_destroys_a_half_made_one(
 
 
 async def test_recovery_thaws_a_container_a_cut_short_freeze_left_freezing(
-        world: World, tmp_path: Any) -> None:
+        world: World, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_helper_config(world.config)
     frozen = new_name()
     await ask(world, ops.CreateContainer(frozen, "busybox"))
@@ -408,9 +409,11 @@ async def test_recovery_thaws_a_container_a_cut_short_freeze_left_freezing(
         def state_of(self, name: str) -> str:
             return "FREEZING"
 
-        def thaw_after_timeout(self, name: str) -> None:
-            marker.write_text(name)
-
+    def thaw(containers: Containers, name: str) -> None:
+        marker.write_text(name)
+    freeze = policy.RULES["freeze_container"]
+    monkeypatch.setitem(policy.RULES, "freeze_container", dataclasses.replace(
+        freeze, on_timeout=thaw))
     entry = {"start": {"op": "freeze_container", "container": "t-stuck"}, "meta": {}}
     assert await settle_container(entry, Stuck(cfg), world.lxcpath) == \
         "thawed: the freeze was cut short"

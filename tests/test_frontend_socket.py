@@ -6,7 +6,6 @@ import errno
 import importlib.util
 import json
 import os
-import pwd
 import socket
 import ssl
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 
 from frontend import serve
 from protocol.config import ConfigError
-from tests.conftest import PYTHON, ROOT, World
+from tests.conftest import PYTHON, ROOT, World, become
 from tests.live import free_port, make_token
 
 RUN_SERVICE = os.path.join(ROOT, "tools", "run_service.py")
@@ -220,15 +219,12 @@ def test_listen_variables_for_another_process_or_several_sockets(
 @contextmanager
 def squatted_as(user: str) -> Iterator[tuple[int, int]]:
     """A forked child, `user` for good, listening on a free loopback port: (its pid, the port)."""
-    entry = pwd.getpwnam(user)
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            os.setgroups([])
-            os.setgid(entry.pw_gid)
-            os.setuid(entry.pw_uid)
+            become(user)
             sock = listener()
             os.write(ready_w, str(sock.getsockname()[1]).encode())
             os.read(done_r, 1)

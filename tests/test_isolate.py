@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import os
 import socket
 import subprocess
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from helperd import containers, isolate
+from helperd import isolate, policy
 from helperd.containers import Containers
 from helperd.isolate import Workers, run_isolated
 from protocol import ops
@@ -140,15 +142,34 @@ async def test_a_cancelled_change_ends_its_worker(workers: Workers) -> None:
 
 
 async def test_a_worker_validates_its_job_again() -> None:
-    worker = isolate._Worker.spawn(lambda wire: _job(ops.decode_request(wire).request))
+    worker = isolate._Worker.spawn(lambda wire: _job(isolate.WorkerJob.from_wire(wire).request))
     try:
-        forged = {"id": "job", "op": "start_container", "token": None, "client": "x",
-                  "args": {"name": "../../etc"}}
+        forged = {"op": "start_container", "args": {"name": "../../etc"}}
         with pytest.raises(LwpError) as err:
             await worker.call(forged, 10)
         assert err.value.code == "invalid-request"
     finally:
-        worker.retire()
+        worker.kill()
+
+
+@pytest.mark.parametrize("wire", [
+    None, [], {"op": "start_container"}, {"op": 1, "args": {"name": "web"}},
+    {"op": "format_disk", "args": {}},
+    {"op": "start_container", "args": {"name": "web"}, "token": None},
+    {"id": "job", "op": "start_container", "token": None, "client": "x",
+     "args": {"name": "web"}}], ids=["null", "list", "no args", "op not str", "unknown op",
+                                     "extra field", "an envelope"])
+def test_a_worker_job_is_exactly_op_and_args(wire: object) -> None:
+    with pytest.raises(LwpError) as err:
+        isolate.WorkerJob.from_wire(wire)
+    assert err.value.code == "invalid-request"
+
+
+def test_a_worker_job_carries_the_request_and_nothing_else() -> None:
+    job = isolate.WorkerJob(ops.CloneContainer("copy", "web"))
+    assert job.to_wire() == {"op": "clone_container",
+                             "args": {"name": "copy", "source": "web", "store": None}}
+    assert isolate.WorkerJob.from_wire(job.to_wire()) == job
 
 
 async def test_workers_hold_none_of_the_helpers_descriptors() -> None:
@@ -191,9 +212,9 @@ async def test_builds_run_niced_in_a_worker_that_then_retires(
         raise LwpError("invalid-state", f"nice {os.getpriority(os.PRIO_PROCESS, 0)}")
 
     for op in ("create_container", "clone_container", "start_container"):
-        monkeypatch.setattr(Containers, op, report)
+        monkeypatch.setitem(policy.RULES, op, dataclasses.replace(policy.RULES[op], call=report))
     backend = Containers.__new__(Containers)  # perform() needs no configuration
-    pool = Workers(backend.perform, spare=1)
+    pool = Workers(functools.partial(policy.perform, backend), spare=1)
     pool.fill()  # forked after the patch, so the workers report
     try:
         seen = []
@@ -206,7 +227,7 @@ async def test_builds_run_niced_in_a_worker_that_then_retires(
             seen.append((type(request).__name__, err.value.message, pids[0]))
     finally:
         pool.close()
-    nice = f"nice {containers.BACKGROUND_NICE}"
+    nice = f"nice {policy.BUILD_NICE}"
     assert [m for _, m, _ in seen] == ["nice 0", nice, "nice 0", nice, "nice 0"]
     pids = [p for _, _, p in seen]
     # The start's worker takes the create, which leaves it niced: it retires, and the next

@@ -273,13 +273,18 @@ class ForkWatch:
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
-        # Other test runs fork meanwhile: room enough that no event of ours is dropped.
-        self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
-        self.sock.bind((0, CN_IDX_PROC))
-        op = struct.pack("=I", PROC_CN_MCAST_LISTEN)
-        body = CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(op), 0) + op
-        self.sock.send(netaddr.NLMSG.pack(netaddr.NLMSG.size + len(body), netaddr.NLMSG_DONE,
-                                          0, 0, 0) + body)
+        try:
+            # Other test runs fork meanwhile: room enough that no event of ours is dropped.
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+            self.sock.bind((0, CN_IDX_PROC))
+            op = struct.pack("=I", PROC_CN_MCAST_LISTEN)
+            body = CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(op), 0) + op
+            self.sock.send(netaddr.NLMSG.pack(netaddr.NLMSG.size + len(body),
+                                              netaddr.NLMSG_DONE, 0, 0, 0) + body)
+        except OSError:
+            self.sock.close()
+            raise
+
 
     def process_forks(self, seconds: float = 2.0) -> list[tuple[int, int]]:
         """(parent, child) of each new process (not thread) since the watch began, read until
@@ -300,6 +305,15 @@ class ForkWatch:
         self.sock.close()
 
 
+def in_a_container() -> bool:
+    """systemd's own answer (systemd-detect-virt reads the same file): set in an LXC guest."""
+    try:
+        with open("/run/systemd/container") as f:
+            return bool(f.read().strip())
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.lxc
 def test_an_info_of_a_running_container_forks_nothing(world: World,
                                                       on_bridge: tuple[str, int]) -> None:
@@ -308,7 +322,16 @@ def test_an_info_of_a_running_container_forks_nothing(world: World,
     # The start's reply went out before the helper forked a worker to replace the one it
     # used (isolate.Workers.fill, call_soon): a request later, that fork is behind us.
     world.call(ops.ContainerInfo(name))
-    watch = ForkWatch()
+    try:
+        watch = ForkWatch()
+    except ConnectionRefusedError:
+        # The kernel's proc connector answers only in the initial network namespace: inside
+        # a container (the README test's nested `make test`) there is no fork watch to be had.
+        # On a host a refusal is a failure, never a skip.
+        if not in_a_container():
+            raise
+        pytest.skip("the proc connector answers only in the host's network namespace; "
+                    "this run is inside a container")
     try:
         infos = [world.call(ops.ContainerInfo(name)) for _ in range(20)]
         subprocess.run(["true"], check=True)  # the control: a fork the watch must see

@@ -1,13 +1,16 @@
-"""GET /api/v1/openapi.json: served to any valid token, and its paths and methods are exactly the
-routes the app serves — in both directions — with every error in the one error shape."""
+"""GET /api/v1/openapi.json: served to any valid token; its paths and methods are exactly the
+routes the app serves (both are made from one route table), every error in the one error shape,
+and each operation answers a refused request as it documents."""
 from __future__ import annotations
 
 import re
 from typing import Any
 
 from frontend import openapi
+from frontend.api import ROUTES
 from frontend.app import make_app
 from frontend.errors import STATUS
+from protocol import ops, rules
 from protocol.errors import CODES
 from tests.conftest import Tokens, World
 
@@ -44,14 +47,36 @@ def test_every_route_answers_with_and_without_a_trailing_slash(world: World) -> 
         assert twin in paths, path
 
 
-def test_path_parameters_are_named_as_the_routes_name_them() -> None:
-    for path, item in openapi.PATHS.items():
-        wanted = set(re.findall(r"{(\w+)}", path))
+# A value each path parameter accepts, to reach the handler behind it.
+SAMPLE = {"name": "c1", "token": "t" * 40, "id": "7"}
+
+
+async def test_every_documented_operation_refuses_as_documented(
+        world: World, tokens: Tokens, aiohttp_client: Any) -> None:
+    """Each operation of the document, on both slash forms: anonymous is a documented 401 (400
+    for sign-in, whose credential is the body's), and a read token is a documented 403
+    wherever the route's operations all need more."""
+    api = await aiohttp_client(make_app(world.frontend))
+    needs_more = {(row.method, row.path) for row in ROUTES if row.ops and not any(
+        rules.scope_allows("read", ops.OP_OF_REQUEST[op].scope) for op in row.ops)}
+    assert needs_more, "no operation a read token is refused: the test would prove nothing"
+    for path, item in openapi.document()["paths"].items():
+        url = re.sub(r"{(\w+)}", lambda m: SAMPLE[m.group(1)], path)
         for method, op in item.items():
             if method == "parameters":
                 continue
-            params = item.get("parameters", []) + op.get("parameters", [])
-            assert {p["name"] for p in params if p["in"] == "path"} == wanted, (method, path)
+            body = b"{}" if "requestBody" in op else None
+            for target in (url, url + "/"):
+                # Sign-in (`security: []`) takes its credential in the body: {} is a 400.
+                cases = [({}, 400 if op.get("security") == [] else 401)]
+                if (method.upper(), path) in needs_more:
+                    cases.append(({"private-token": tokens.read}, 403))
+                for headers, status in cases:
+                    r = await api.request(method, target, headers=headers, data=body)
+                    assert r.status == status, (method, target, r.status)
+                    assert str(status) in op["responses"], (method, path, status)
+                    assert (await r.json())["status"] == "error"
+                    assert r.headers["X-Request-Id"]
 
 
 def test_every_operation_documents_its_errors_in_the_one_error_shape() -> None:

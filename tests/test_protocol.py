@@ -49,7 +49,7 @@ def decoded(data: bytes) -> ops.Envelope:
     length = framing.body_length(data[:HEADER.size])
     body = data[HEADER.size:]
     assert len(body) == length, "exactly one whole frame"
-    return ops.decode_request(framing.decode_body(body))
+    return ops.decode_request(framing.decode_untrusted_body(body))
 
 
 def refusal(data: bytes) -> LwpError:
@@ -181,6 +181,79 @@ def test_encode_frame_refuses_a_body_over_the_cap() -> None:
     assert caught.value.code == "payload-too-large"
 
 
+# -- FrameReader: the one reader of frames, bytes in and bodies out ------------------------
+
+def test_reader_gathers_a_frame_split_at_every_byte_boundary() -> None:
+    data = framing.encode_frame(ENVELOPE)
+    for cut in range(len(data) + 1):
+        reader = framing.FrameReader()
+        first = reader.feed(data[:cut])
+        assert first is None or cut == len(data)
+        second = reader.feed(data[cut:])
+        assert (first or second) == data[HEADER.size:] and not (first and second), cut
+        assert not reader.held and reader.feed() is None
+
+
+def test_reader_gathers_a_frame_fed_one_byte_at_a_time() -> None:
+    data = framing.encode_frame(ENVELOPE)
+    reader = framing.FrameReader()
+    bodies = [reader.feed(data[i:i + 1]) for i in range(len(data))]
+    assert bodies == [None] * (len(data) - 1) + [data[HEADER.size:]]
+
+
+def test_reader_says_how_many_bytes_each_part_lacks() -> None:
+    data = framing.encode_frame(ENVELOPE)
+    reader = framing.FrameReader()
+    assert reader.missing == HEADER.size
+    assert reader.feed(data[:2]) is None and reader.missing == 2
+    assert reader.feed(data[2:HEADER.size]) is None  # the header is checked; the body is not in
+    assert reader.missing == len(data) - HEADER.size
+    assert reader.feed(data[HEADER.size:-1]) is None and reader.missing == 1
+    assert reader.feed(data[-1:]) == data[HEADER.size:] and reader.missing == HEADER.size
+
+
+def test_reader_returns_two_frames_of_one_chunk_in_order() -> None:
+    one, two = framing.encode_frame({"n": 1}), framing.encode_frame({"n": 2, "x": "y"})
+    reader = framing.FrameReader()
+    assert reader.feed(one + two + two[:3]) == one[HEADER.size:]
+    assert reader.feed() == two[HEADER.size:]
+    assert reader.feed() is None and reader.held == two[:3]
+    assert reader.feed(two[3:]) == two[HEADER.size:] and not reader.held
+
+
+@pytest.mark.parametrize("limit", [MAX, framing.MAX_REPLY])
+def test_reader_refuses_an_oversize_header_before_its_body(limit: int) -> None:
+    reader = framing.FrameReader(limit)
+    with pytest.raises(LwpError) as caught:
+        reader.feed(HEADER.pack(limit + 1))  # no body byte at all: the header alone decides
+    assert caught.value.code == "payload-too-large"
+    assert caught.value.message == f"frame of {limit + 1} bytes exceeds {limit}"
+
+
+def test_reader_takes_a_body_of_exactly_its_limit() -> None:
+    reader = framing.FrameReader(10)
+    assert reader.feed(HEADER.pack(10) + b"x" * 10) == b"x" * 10
+
+
+@pytest.mark.parametrize("header", [HEADER.pack(0), b"\xff\xff\xff\xff", b"GET "],
+                         ids=["zero length", "all ones", "text"])
+def test_reader_refuses_an_empty_or_garbage_header(header: bytes) -> None:
+    reader = framing.FrameReader()
+    with pytest.raises(LwpError) as caught:
+        reader.feed(header + b"/ HTTP/1.1\r\n\r\n")
+    assert caught.value.code in ("protocol-error", "payload-too-large")
+    if header == HEADER.pack(0):
+        assert caught.value.message == "empty frame"
+
+
+def test_trusted_and_untrusted_bodies_have_their_own_caps() -> None:
+    big = body_of("x" * (MAX + 1))
+    assert framing.decode_trusted_body(big) == "x" * (MAX + 1)
+    with pytest.raises(LwpError) as caught:
+        framing.decode_untrusted_body(big)
+    assert caught.value.code == "protocol-error"
+
+
 def test_a_frame_cut_short_is_not_a_frame_yet() -> None:
     data = framing.encode_frame(ENVELOPE)
     assert framing.body_length(data[:HEADER.size]) == len(data) - HEADER.size
@@ -271,7 +344,7 @@ def test_a_reply_may_exceed_the_request_cap_up_to_its_own() -> None:
     frame = framing.encode_frame(ops.encode_ok(listing), framing.MAX_REPLY)
     assert len(frame) > framing.MAX_FRAME
     length = framing.body_length(frame[:framing.HEADER.size], framing.MAX_REPLY)
-    reply = framing.decode_body(frame[framing.HEADER.size:], from_helper=True)
+    reply = framing.decode_trusted_body(frame[framing.HEADER.size:])
     assert length == len(frame) - framing.HEADER.size
     assert ops.decode_reply(reply) == listing
     # ... while a request that size is still refused before its body is read.

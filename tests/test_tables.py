@@ -1,14 +1,14 @@
-"""The one-place tables agree with each other: ops <-> ALLOWED, codes <-> HTTP statuses."""
+"""The one-place tables agree with each other: ops <-> policy.RULES, codes <-> HTTP statuses."""
 from __future__ import annotations
 
 from frontend.errors import STATUS
-from helperd.server import ALLOWED
+from helperd.policy import RULES
 from protocol.errors import CODES
 from protocol.ops import OPS
 
 
-def test_allowed_table_covers_exactly_the_declared_ops() -> None:
-    assert set(ALLOWED) == set(OPS)
+def test_policy_table_covers_exactly_the_declared_ops() -> None:
+    assert set(RULES) == set(OPS)
 
 
 def test_every_error_code_has_exactly_one_http_status() -> None:

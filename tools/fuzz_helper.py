@@ -53,7 +53,7 @@ def predict(data: bytes) -> str:
         length = framing.body_length(data[:HEADER.size])
         if len(data) < HEADER.size + length:
             return CLOSED
-        ops.decode_request(framing.decode_body(data[HEADER.size:HEADER.size + length]))
+        ops.decode_request(framing.decode_untrusted_body(data[HEADER.size:HEADER.size + length]))
     except LwpError as exc:
         return exc.code
     return VALID

@@ -5,11 +5,15 @@ Reuses the package test (run.py): its cached debootstrap of bookworm is copied t
 own lxcpath (/var/tmp/lwp-readme-test), given a drop-in that lets lxc-net.service run inside
 LXC, a copy of this checkout at /root/lxc-web-panel, and one network link: a veth on a bridge
 the test makes on the host (lwprdm0, no route beyond it, no NAT), where a forward HTTP proxy of
-the test's own lets through exactly the Debian archive hosts of the host's apt sources. Inside:
+the test's own lets through exactly the Debian archive hosts of the host's apt sources (http)
+and tunnels (CONNECT) to pypi.org:443 and files.pythonhosted.org:443 only (the .venv tools;
+pip verifies them with the host's CA bundle). Inside:
 the README's prerequisites (make, curl), `make run`, every command of the README's `### curl`
 block with only `$T` substituted (each must answer 200), a SIGTERM that must leave nothing of
-make run behind, and a second `make run` that must print the same token. Each step is timed.
-Container, lxcpath, proxy and bridge are removed afterwards, on failure too. Run as root.
+make run behind, a second `make run` that must print the same token, and `make test` run as
+root at a console would (nested LXC: the guest is unconfined, nesting.conf, cgroups writable).
+Each step is timed, and make test's parts. Container, lxcpath, proxy and bridge are removed
+afterwards, on failure too (make test's log stays in /var/tmp). Run as root.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import argparse
 import http.client
 import os
 import re
+import selectors
 import shlex
 import shutil
 import signal
@@ -42,10 +47,29 @@ BRIDGE = "lwprdm0"
 HOST_ADDR, GUEST_ADDR, PREFIX = "10.213.77.1", "10.213.77.2", 24
 PROXY_PORT = 3142
 PROXY_URL = f"http://{HOST_ADDR}:{PROXY_PORT}/"
+# The only tunnels (CONNECT) the proxy opens: PyPI, for what `make test` puts in .venv (ruff,
+# the pinned schemathesis). The index and the files it links to; nothing else over https.
+TUNNELS = frozenset({("pypi.org", 443), ("files.pythonhosted.org", 443)})
+# The host's CA bundle: it is what this machine's https egress is verified against (an
+# intercepting proxy's CA among them, where there is one); pip in the guest is given a copy.
+HOST_CA = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
+GUEST_CA = "/etc/ssl/lwp-readme-test-ca.crt"
 CHECKOUT = "/root/lxc-web-panel"
 # What the README assumes a fresh Debian 12 has: make (to type `make run`) and curl (it says so).
 PREREQUISITES = ["make", "curl"]
 API_PORT = 5000
+# root's environment at a console (login(1) sets these), without a terminal.
+ROOT_LOGIN = [f"PATH={debtest.PATH}", "HOME=/root", "USER=root", "LOGNAME=root",
+              "SHELL=/bin/bash", "LANG=C.UTF-8"]
+# make test's whole output: outside the test's lxcpath, so that it outlives the cleanup.
+MAKE_TEST_LOG = RUN.parent / "lwp-readme-test-make-test.log"
+README_COMMANDS = ["make run", "make test"]  # the README's commands table, in its order
+# What `make test` echoes as each of its parts begins (make prints each command it runs).
+MAKE_TEST_PARTS = (("apt-get update", "test-deps"), ("bin/ruff check", "lint"),
+                   ('-m pytest -m "not security"', "unit"),
+                   ('bin/pip install -q "schemathesis', "security"))
+MAKE_TEST_WAIT = 3600  # the whole suite, nested, on a busy 2-core machine: generous
+PYTEST_RESULT = re.compile(r"^=+ .*\b(passed|failed|error|errors)\b.* in [0-9.]+s")
 TOKEN_LINE = re.compile(r"^admin token: (\S+)$", re.M)
 MAKE_RUN_PARTS = ("run_service.py", "helperd", "frontend")  # a process of make run, by argv
 LXC_NET_DROPIN = """# readme-test: Debian skips lxc-net in LXC; this guest stands for a real host.
@@ -67,7 +91,8 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorizati
 
 
 class ArchiveProxy(BaseHTTPRequestHandler):
-    """GET/HEAD of http://<allowed host>[:80]/... only; everything else is refused unopened."""
+    """GET/HEAD of http://<allowed host>[:80]/... and CONNECT to TUNNELS only; everything else
+    is refused unopened."""
     protocol_version = "HTTP/1.1"
     allowed: frozenset[str] = frozenset()
 
@@ -78,7 +103,22 @@ class ArchiveProxy(BaseHTTPRequestHandler):
         self.forward()
 
     def do_CONNECT(self) -> None:  # noqa: N802
-        self.refuse("CONNECT is not offered (the archive is plain http)")
+        host, sep, port = self.path.rpartition(":")
+        if not sep or not port.isdigit() or (host, int(port)) not in TUNNELS:
+            self.refuse(f"CONNECT only to {sorted(f'{h}:{p}' for h, p in TUNNELS)}")
+            return
+        try:
+            upstream = socket.create_connection((host, int(port)), timeout=60)
+        except OSError as exc:
+            self.log_message("FAILED CONNECT %s: %s", self.path, exc)
+            self.send_error(502, f"cannot reach {self.path}")
+            return
+        with upstream:
+            self.send_response_only(200, "Connection established")
+            self.end_headers()
+            self.log_message("ok CONNECT %s 200", self.path)
+            relay(self.connection, upstream)
+        self.close_connection = True
 
     def refuse(self, why: str) -> None:
         self.log_message("REFUSED %s %s: %s", self.command, self.path, why)
@@ -113,6 +153,28 @@ class ArchiveProxy(BaseHTTPRequestHandler):
             self.log_message("ok %s %s %d", self.command, self.path, answer.status)
         finally:
             upstream.close()
+
+
+def relay(client: socket.socket, upstream: socket.socket) -> None:
+    """Copy bytes both ways until one side closes (a CONNECT tunnel: TLS end to end)."""
+    peers = {client: upstream, upstream: client}
+    for sock in peers:
+        sock.settimeout(None)
+    with selectors.DefaultSelector() as sel:
+        for sock in peers:
+            sel.register(sock, selectors.EVENT_READ)
+        while events := sel.select(timeout=300):  # idle for 5 minutes: give up the tunnel
+            for key, _ in events:
+                source = key.fileobj
+                assert isinstance(source, socket.socket)
+                try:
+                    data = source.recv(65536)
+                    if data:
+                        peers[source].sendall(data)
+                        continue
+                except OSError:
+                    pass  # a reset is an end like any other
+                return
 
 
 def serve_proxy(addr: str, port: int, hosts: list[str]) -> None:
@@ -194,9 +256,26 @@ def copy_checkout(dest: Path) -> int:
 
 def prepare_guest(rootfs: Path) -> None:
     (rootfs / "etc/hostname").write_text(f"{NAME}\n")
+    # What Debian's installer writes and debootstrap does not: without it `localhost` does not
+    # resolve (the guest has no DNS) and the frontend's listen = "localhost" test cannot pass.
+    (rootfs / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{NAME}\n\n"
+                                      "::1\tlocalhost ip6-localhost ip6-loopback\n"
+                                      "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
     (rootfs / "etc/apt/apt.conf.d/90lwp-readme-test-proxy").write_text(
         f'// readme-test: the archive through the test\'s proxy (the guest has no other route)\n'
         f'Acquire::http::Proxy "{PROXY_URL}";\n')
+    # What a host behind a proxy configures for `make test`: pip (the .venv tools, from PyPI
+    # through the proxy's tunnels) and root's wget (lxc-debian's debootstrap, for the debian
+    # template test, from the archive). Files, not an environment: the tests' own loopback
+    # HTTP clients must not be sent to a proxy.
+    (rootfs / GUEST_CA.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(HOST_CA, rootfs / GUEST_CA.lstrip("/"))
+    (rootfs / "etc/pip.conf").write_text(
+        f"# readme-test: PyPI through the test's proxy, verified with the host's CA bundle\n"
+        f"[global]\nproxy = {PROXY_URL}\ncert = {GUEST_CA}\n")
+    (rootfs / "root/.wgetrc").write_text(
+        f"# readme-test: the archive through the test's proxy (debootstrap uses wget)\n"
+        f"use_proxy = on\nhttp_proxy = {PROXY_URL}\n")
     dropin = rootfs / "etc/systemd/system/lxc-net.service.d"
     dropin.mkdir(parents=True)
     (dropin / "readme-test.conf").write_text(LXC_NET_DROPIN)
@@ -366,6 +445,65 @@ def step_walk_through(ins: Inside, state: dict[str, Any], commands: list[str]) -
                rc == 0 and status == "200", f"curl exit {rc}: {redact(body, token)[:600]}")
 
 
+def readme_commands() -> list[str]:
+    """The README's commands table: `| what | command |` rows whose command is a make target."""
+    text = (TOP / "README.md").read_text()
+    return re.findall(r"^\|[^|\n]*\| `(make [a-z-]+)` \|$", text, re.M)
+
+
+def make_test_parts(text: str) -> list[tuple[str, int]]:
+    """(part, offset in the log) of each part of `make test` that has begun, in order."""
+    found = [(part, text.find(marker)) for marker, part in MAKE_TEST_PARTS]
+    return sorted(((part, at) for part, at in found if at >= 0), key=lambda p: p[1])
+
+
+def shell_start(ins: Inside, argv: list[str], out: Path) -> int:
+    """Start argv in the guest as root at a console would (a login's environment, no service:
+    a unit's INVOCATION_ID would tell the tests' helper it runs under systemd); its pid."""
+    import lxc
+    with open(out, "wb") as sink:
+        pid: int = ins.c.attach(lxc.attach_run_command, argv,
+                                env_policy=lxc.LXC_ATTACH_CLEAR_ENV, extra_env_vars=ROOT_LOGIN,
+                                stdout=sink, stderr=sink, initial_cwd=CHECKOUT)
+    if pid <= 0:
+        raise Failed(f"could not start {argv} in the guest")
+    return pid
+
+
+def step_make_test(ins: Inside, command: str) -> None:
+    """The README's second command, as written, as root in the checkout; times its parts."""
+    log_file = MAKE_TEST_LOG
+    started = time.monotonic()
+    pid = shell_start(ins, shlex.split(command), log_file)
+    begun: dict[str, float] = {}
+    status = None
+    while status is None:
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = os.waitstatus_to_exitcode(wait_status)
+        elif time.monotonic() - started > MAKE_TEST_WAIT:
+            os.kill(pid, signal.SIGTERM)
+            status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            log(f"  {command}: still running after {MAKE_TEST_WAIT} s: stopped")
+        for part, _ in make_test_parts(log_file.read_text(errors="replace")):
+            if part not in begun:
+                begun[part] = time.monotonic() - started
+                log(f"  {command}: {part} began at {begun[part]:.0f} s")
+        if status is None:
+            time.sleep(1)
+    took = time.monotonic() - started
+    text = log_file.read_text(errors="replace")
+    ends = [*list(begun.values())[1:], took]
+    times = ", ".join(f"{part} {end - at:.0f} s"
+                      for (part, at), end in zip(begun.items(), ends, strict=True))
+    for line in text.splitlines():
+        if PYTEST_RESULT.match(line) or line.startswith(("FAILED ", "ERROR ", "SKIPPED ")):
+            log(f"  {line}")
+    R.check(f"{command} exits 0 ({took:.0f} s: {times})",
+            status == 0 and list(begun) == [p for _, p in MAKE_TEST_PARTS],
+            f"exit status {status} (whole log: {log_file}): {redact(text)[-3000:]}")
+
+
 def step_second_run(ins: Inside, state: dict[str, Any], commands: list[str]) -> None:
     if "unit" in state:
         raise Failed("the first make run was not stopped")
@@ -402,6 +540,11 @@ def main() -> int:
     debtest.ensure_host_deps()
     cleanup(None)  # an earlier run's leftovers: only this test's container, lxcpath and bridge
     commands = readme_block("### curl")
+    table = readme_commands()
+    if table != README_COMMANDS:
+        print(f"readme-test: the README's commands are {table}, not {README_COMMANDS}: "
+              "this test runs those two", file=sys.stderr)
+        return 1
     hosts = archive_hosts()
     state: dict[str, Any] = {}
     rootfs = RUN / NAME / "rootfs"
@@ -422,6 +565,8 @@ def main() -> int:
             ("6 make run again: the same token, the API answers",
              partial(step_second_run, ins, state, commands)),
             ("   stop it again: nothing left", partial(make_run_stop, ins, state)),
+            ("7 make test (the README's second command; pip reaches PyPI through the proxy)",
+             partial(step_make_test, ins, README_COMMANDS[1])),
         ]
         for title, fn in steps:
             step(title)
@@ -443,11 +588,7 @@ def main() -> int:
                 f"{state['proxy'].pid if 'proxy' in state else '-'}; bridge {BRIDGE}")
         else:
             if R.failed():
-                for name in ("console.log", "lxc.log"):
-                    path = RUN / NAME / name
-                    if path.exists():
-                        print(f"--- last lines of {name} ---")
-                        print("\n".join(path.read_text(errors="replace").splitlines()[-25:]))
+                debtest.show_guest_logs(RUN / NAME)
             cleanup(state.get("proxy"))
     print(R.summary())
     return 1 if R.failed() else 0

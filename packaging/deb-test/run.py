@@ -169,6 +169,15 @@ def mounts_under(path: Path) -> list[str]:
     return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
 
 
+def show_guest_logs(guest: Path) -> None:
+    """The last lines of a failed guest's console and liblxc log, for the CI output."""
+    for name in ("console.log", "lxc.log"):
+        path = guest / name
+        if path.exists():
+            print(f"--- last lines of {name} ---")
+            print("\n".join(path.read_text(errors="replace").splitlines()[-25:]))
+
+
 def cleanup(keep_cache: bool = True, name: str = NAME, lxcpath: Path = RUN) -> None:
     """Remove this test's container and lxcpath (never anything outside lxcpath)."""
     import lxc
@@ -803,11 +812,7 @@ def main() -> int:
             log(f"--keep: test container left running: lxc-attach -P {RUN} -n {NAME}")
         else:
             if R.failed():
-                for name in ("console.log", "lxc.log"):
-                    path = RUN / NAME / name
-                    if path.exists():
-                        print(f"--- last lines of {name} ---")
-                        print("\n".join(path.read_text(errors="replace").splitlines()[-25:]))
+                show_guest_logs(RUN / NAME)
             cleanup()
     print(R.summary())
     return 1 if R.failed() else 0

@@ -1,23 +1,26 @@
-"""At helper start: close every operation the last helper left in flight as `interrupted`.
+"""Crash recovery at helper start: settle the containers the last helper's changes left.
 
-Nothing is run again. The isolated child's process group (a template may still be running)
-is ended first, then a create or clone is left fully there or fully gone, never half-made, and
-a container a cut-short freeze left FREEZING is thawed.
+Nothing is run again. The isolated child's process group (a template may still be running) is
+ended first; then, as each op's row in policy.RULES says, a build is left fully there or fully
+gone (through Containers.remove_remains, as a failed create), a change left stuck is undone, and
+the operation's record is closed as `interrupted`.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
+from helperd import policy
 from helperd.audit import AuditWriter, Pending, proc_stat, utc_now
 from helperd.containers import Containers
 from helperd.isolate import run_isolated
-from protocol import ops, rules
+from helperd.policy import Rule
+from protocol import rules
 from protocol.errors import LwpError
 
 log = logging.getLogger("lwp.helperd.audit")
@@ -82,49 +85,50 @@ def _complete(path: str) -> bool:
         and not os.path.lexists(os.path.join(path, PARTIAL))
 
 
-async def _destroy(containers: Containers, name: str, path: str) -> str:
+async def _remove(containers: Containers, name: str, path: str) -> str:
+    """Remove a half-made container through the code a failed create uses."""
     try:
-        await run_isolated(lambda: containers.destroy_container(ops.DestroyContainer(name, True)),
-                           60)
-    except LwpError as exc:  # e.g. not even defined yet: the directory is all there is
-        log.info("audit recovery: liblxc destroy of %s: %s", name, exc.message)
+        await run_isolated(functools.partial(containers.remove_remains, name), 60)
+    except LwpError as exc:
+        log.info("audit recovery: removing %s: %s", name, exc.message)
     if os.path.lexists(path):
-        shutil.rmtree(path)
+        raise OSError(f"{path} is still there after its remains were removed")
     return "destroyed"
 
 
-async def _settle_freeze(containers: Containers, name: str) -> str:
-    """A freeze cut short can leave the container FREEZING for good: thaw it, as a missed
-    deadline does. A finished freeze (FROZEN) is kept, as a finished create is."""
+async def _unstick(rule: Rule, containers: Containers, name: str) -> str:
+    """A change cut short can leave the container in its row's `stuck_state` for good (a
+    freeze: FREEZING): undo it, as a missed deadline does. A finished one is kept."""
     state = containers.state_of(name)
-    if state != "FREEZING":
+    if state != rule.stuck_state or rule.on_timeout is None:
         return f"untouched: {state.lower()}"
-    await run_isolated(lambda: containers.thaw_after_timeout(name), 60)
-    return "thawed: the freeze was cut short"
+    await run_isolated(functools.partial(rule.on_timeout, containers, name), 60)
+    return rule.undone
 
 
 async def settle_container(entry: dict[str, Any], containers: Containers, lxcpath: str) -> str:
-    """Keep a complete container or destroy a half-made one; thaw a half-frozen one; say
-    which, and why."""
+    """As the op's row says: keep a complete build or remove a half-made one; undo a change
+    left stuck; leave the rest. Say which, and why."""
     start = entry["start"]
-    if start.get("op") == "freeze_container":
-        return await _settle_freeze(containers, rules.container_name(str(start.get("container"))))
-    if start.get("op") not in ("create_container", "clone_container"):
+    rule = policy.RULES.get(str(start.get("op")))
+    if rule is None or not (rule.builds_rootfs or rule.stuck_state):
         return "untouched"
     name = rules.container_name(str(start.get("container")))
+    if rule.stuck_state:
+        return await _unstick(rule, containers, name)
     path = os.path.join(lxcpath, name)
     preexisting = entry.get("meta", {}).get("preexisting")
     if preexisting:
         return "kept: it existed before the request"
     if not os.path.lexists(path):
         return "absent: nothing was made"
-    # A clone may have written its config before its rootfs was fully copied: unless we know
+    # A copy may have written its config before its rootfs was fully copied: unless we know
     # the name was free before, only liblxc's create marker tells complete from half-made.
-    if start["op"] == "clone_container" and preexisting is False:
-        return await _destroy(containers, name, path) + ": a clone cut short cannot be trusted"
+    if rule.builds_rootfs == policy.COPY and preexisting is False:
+        return await _remove(containers, name, path) + ": a clone cut short cannot be trusted"
     if _complete(path):
         return "kept: complete"
-    return await _destroy(containers, name, path) + ": incomplete"
+    return await _remove(containers, name, path) + ": incomplete"
 
 
 async def recover(writer: AuditWriter, in_flight: list[dict[str, Any]],
