@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from frontend import clientaddr, present
+from frontend import session as browser
 from frontend.accesslog import safe_target
 from frontend.auth import QUERY_KEY, TokenReader, presented_token
 from frontend.config import Network
@@ -24,10 +25,11 @@ from frontend.events import Streams
 from frontend.metrics import Metrics
 from frontend.ratelimit import AuthFailures
 from frontend.surface import ACTIONS, TRUE_WORDS, Route, number
-from protocol import VERSION, ops, rules
+from protocol import VERSION, ops, rules, tokens
 from protocol.client import HelperClient
 from protocol.errors import LwpError, invalid
 from protocol.limits import Buckets
+from protocol.session import CreateSession, EndSession, SessionInfo
 from protocol.stream import SubscribeEvents
 from protocol.tokens import TokenRecord
 
@@ -41,17 +43,24 @@ AUDIT_NUMBERS = ("limit", "cursor")
 AUTHENTICATED = frozenset({"/api", "/metrics", "/metrics/"})
 # Token ids the per-token limiter remembers at most (its memory bound).
 LIMITED_TOKENS = 10_000
+# Signing in needs no credential (it carries one): the only such route.
+SIGN_IN = ("POST", frozenset({"/api/v1/session", "/api/v1/session/"}))
+# What a sign-in answers (the helper's reply also has the secret, which goes in the cookie).
+SESSION_FIELDS = ("id", "user", "scope", "expires", "idle")
 
 
 class Api:
     def __init__(self, client: HelperClient, tokens: TokenReader, failures: AuthFailures,
                  proxies: Sequence[Network] = (), token_limit: Buckets | None = None,
                  document: dict[str, Any] | None = None, streams: Streams | None = None,
-                 meter: Metrics | None = None) -> None:
+                 meter: Metrics | None = None, base_path: str = "/",
+                 origins: Sequence[str] = ()) -> None:
         self.client = client
         self.streams = streams or Streams("")  # GET /api/v1/events
         self.meter = meter or Metrics()  # GET /metrics
         self.document = document or {}  # GET /api/v1/openapi.json's answer
+        self.base_path = base_path  # the session cookie's Path: where the browser sees us
+        self.origins = frozenset(origins)  # public origins besides our own (a proxy's)
         self.token_limit = token_limit
         self.tokens = tokens
         self.failures = failures
@@ -106,11 +115,29 @@ class Api:
                     "rate-limited", "too many failed authentications; try again later"))
                 response.headers["Retry-After"] = str(math.ceil(wait))
                 return response
+            if request.method == SIGN_IN[0] and request.path in SIGN_IN[1]:
+                # Any cookie or token sent along is ignored: a stale cookie must not stand
+                # between a user and signing in again. The limit above applies all the same.
+                return await handler(request)
             token = presented_token(request)
+            via_cookie = token is None and browser.presented_session(request) is not None
+            if via_cookie:
+                token = browser.presented_session(request)
+                # The cookie rides along with any request a browser makes, whoever's page
+                # made it: one that changes something must prove it is our page's.
+                refusal = browser.csrf_refusal(request, self.origins)
+                if refusal is not None:
+                    log.warning("refused a cookie request from %s: %s: %s", client, refusal,
+                                _request_line(request))
+                    raise LwpError("forbidden", f"Forbidden: {refusal}")
             # A header may carry any bytes (aiohttp keeps non-UTF-8 as surrogates): one that
             # cannot be a token is a failed authentication like any other, not a store error.
             shaped = token is not None and rules.token_shaped(token)
             record = self.tokens.lookup(token) if token and shaped else None
+            if record is not None and (record.kind == tokens.SESSION) != via_cookie:
+                # A session only in its cookie (no script can read it, so none can send it
+                # elsewhere); an API token never in one (the cookie is ambient, a token not).
+                record = None
             if record is None:
                 reason = ("no-token" if not token else "unknown-or-expired-token" if shaped
                           else "malformed-token")
@@ -224,6 +251,39 @@ class Api:
             raise invalid("id", "must be a positive integer")
         result = await self.call(request, ops.RevokeToken(id=token_id))
         return web.json_response({**OK, "id": result["id"]})
+
+    async def create_session(self, request: web.Request) -> web.Response:
+        """Sign in: a host account (PAM, in the helper) or an API token, exchanged for a
+        session in an HttpOnly cookie. The answer body never holds the secret."""
+        if browser.origin_refusal(request, self.origins) is not None:
+            raise LwpError("forbidden", "Forbidden: cross-origin")  # a login CSRF
+        body = await json_object(request)
+        _no_others(body, {"username", "password", "token"})
+        req = CreateSession(field(body, "username", str, required=False),
+                            field(body, "password", str, required=False),
+                            field(body, "token", str, required=False))
+        envelope = ops.Envelope(request["request_id"], None, request["client"], req)
+        try:
+            result = await self.client.call(envelope)
+        except LwpError as exc:
+            if exc.code == "unauthorized":  # counted with bad tokens, per client address
+                self.failures.failed(request["client"], "sign-in-refused",
+                                     _request_line(request))
+            raise
+        response = web.json_response({key: result[key] for key in SESSION_FIELDS})
+        browser.set_cookie(response, result["secret"], self.base_path,
+                           browser.is_secure(request, self.origins))
+        return response
+
+    async def end_session(self, request: web.Request) -> web.Response:
+        """Sign out: the helper deletes the session; the cookie is cleared as well."""
+        result = await self.call(request, EndSession())
+        response = web.json_response({**OK, "id": result["id"]})
+        browser.clear_cookie(response, self.base_path, browser.is_secure(request, self.origins))
+        return response
+
+    async def session_info(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.call(request, SessionInfo()))
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.document)
@@ -342,6 +402,17 @@ ROUTES = (
     Route("GET", "/metrics", Api.helper_metrics, (ops.HelperMetrics,),
           "Prometheus text format (read tokens; Authorization: Bearer works)", "Ok",
           media="text/plain"),
+    Route("GET", "/api/v1/session", Api.session_info, (SessionInfo,),
+          "who the presented credential is (a session or a token)", "SessionInfo"),
+    # Needs no credential (it carries one): the one route the middleware lets through
+    # unauthenticated, after the address limiter (openapi.py marks it `security: []`).
+    Route("POST", "/api/v1/session", Api.create_session, (CreateSession,),
+          "sign in with a host account (PAM) or exchange an API token for a session; sets "
+          "the HttpOnly session cookie", "Session", body="CreateSession"),
+    Route("DELETE", "/api/v1/session", Api.end_session, (EndSession,),
+          "sign out: the session is revoked and its cookie cleared (cookie requests other "
+          "than GET and HEAD need X-LWP-Request: 1 and our Origin)", "SessionEnded",
+          errors=(400,)),
 )
 
 

@@ -27,7 +27,8 @@ def make_app(cfg: FrontendConfig) -> web.Application:
     meter = Metrics()
     api = Api(client, TokenReader(cfg.state_dir), failures, cfg.trusted_proxies,
               Buckets(cfg.token_requests_burst, cfg.token_requests_per_second, LIMITED_TOKENS),
-              openapi.document(cfg.token_min_length), streams, meter)
+              openapi.document(cfg.token_min_length), streams, meter,
+              base_path=cfg.base_path, origins=cfg.origins)
     # Errors wrap authentication, which wraps routing: an anonymous client gets 401 on
     # every /api/ path and method, before a 404 or 405 could tell it anything. Metrics see
     # every response as the client gets it.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from protocol import config
@@ -41,6 +42,11 @@ class FrontendConfig:
     token_requests_per_second: float = 5000.0
     # The shared [tokens] min_length (the helper enforces it; the OpenAPI document shows it).
     token_min_length: int = config.DEFAULT_TOKEN_MIN_LENGTH
+    # Where browsers see the panel (a reverse proxy's path prefix): the session cookie's Path.
+    base_path: str = "/"
+    # Public origins (scheme://host[:port]) a page may come from besides the one each request
+    # names in its Host header: the proxy's, when it terminates TLS or rewrites Host.
+    origins: tuple[str, ...] = ()
 
 
 def load(path: str | None) -> FrontendConfig:
@@ -69,13 +75,26 @@ def load(path: str | None) -> FrontendConfig:
         token_requests_per_second=sec.get("token_requests_per_second", float,
                                           d.token_requests_per_second),
         token_min_length=top.section("tokens").get("min_length", int, d.token_min_length),
+        base_path=sec.get("base_path", str, d.base_path),
+        origins=tuple(origin.lower() for origin in sec.strings("origins", [])),
     )
     if not 0 < cfg.port < 65536:
         raise config.ConfigError("frontend.port: must be 1-65535")
     if not 0 < cfg.max_body <= 1024 * 1024:
         raise config.ConfigError("frontend.max_body: must be 1 byte to 1 MiB")
     _check_limits(cfg)
+    if not BASE_PATH_RE.fullmatch(cfg.base_path):
+        raise config.ConfigError("frontend.base_path: must be / or /<segments>/ (letters, "
+                                 "digits, - _ . only)")
+    for origin in cfg.origins:
+        if not ORIGIN_RE.fullmatch(origin):
+            raise config.ConfigError(f"frontend.origins: {origin!r} is not scheme://host[:port]")
     return cfg
+
+
+# A cookie Path and an Origin, as a header may carry them: nothing that could split one.
+BASE_PATH_RE = re.compile(r"/([A-Za-z0-9._-]+/)*")
+ORIGIN_RE = re.compile(r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?")
 
 
 # key -> (lowest, highest) allowed value: a typo must not disable a defence.

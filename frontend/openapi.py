@@ -13,7 +13,7 @@ from typing import Any
 from frontend.api import ROUTES
 from frontend.errors import STATUS
 from frontend.surface import ACTIONS, NUMBER_MAX, Route, force_pattern
-from protocol import ops, rules
+from protocol import ops, rules, session
 from protocol.errors import CODES
 
 JSON = "application/json"
@@ -226,6 +226,8 @@ def paths(routes: tuple[Route, ...]) -> dict[str, dict[str, Any]]:
 
 
 PATHS = paths(ROUTES)
+# Signing in takes its credential in the body: no security scheme applies.
+PATHS["/api/v1/session"]["post"]["security"] = []
 SCHEMAS["AuditPage"] = _object(
     ["records", "next_cursor"], records={"type": "array", "items": {"type": "object"}},
     next_cursor={"type": ["integer", "null"]})
@@ -260,6 +262,25 @@ SCHEMAS["ContainerConfig"] = _object(
     source={"enum": ["cgroup", "config"]}, cgroup={"enum": ["v1", "v2"]},
     **{key: {"type": ["integer", "string", "boolean", "null"]} for key in ops.CONFIG_SETTINGS})
 SCHEMAS["TokenList"] = {"type": "array", "items": _ref("TokenRecord")}
+SCHEMAS["CreateSession"] = {"oneOf": [
+    _object(["username", "password"],
+            username=_string(session.USER_RE, session.USER_MAX),
+            password={"type": "string", "minLength": 1,
+                      "description": f"at most {session.PASSWORD_MAX_BYTES} bytes in UTF-8, "
+                                     "no NUL"}),
+    _object(["token"], token=_string(rules.TOKEN_RE, rules.TOKEN_MAX))]}
+SCHEMAS["Session"] = _object(
+    ["id", "user", "scope", "expires", "idle"], id={"type": "integer", "minimum": 1},
+    user={"type": ["string", "null"], "description": "the host account; null for a token"},
+    scope={"type": "string", "enum": list(rules.SCOPES)},
+    expires={"type": "number", "description": "Unix time at which the session ends anyway"},
+    idle={"type": "number", "description": "seconds without a request that end it"})
+SCHEMAS["SessionInfo"] = _object(
+    ["id", "kind", "user", "scope", "expires", "idle"],
+    id={"type": ["integer", "null"]}, kind={"enum": ["api", "session", "local"]},
+    user={"type": ["string", "null"]}, scope={"type": "string", "enum": list(rules.SCOPES)},
+    expires=NULLABLE_TIME, idle={"type": ["number", "null"]})
+SCHEMAS["SessionEnded"] = SCHEMAS["TokenRevoked"]
 SCHEMAS["OpenApi"] = {"type": "object", "required": ["openapi", "paths"]}
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 SCHEMAS["TemplateCatalogue"] = _object(

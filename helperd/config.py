@@ -8,9 +8,10 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from helperd import templates as host
+from helperd.sessions import SessionPolicy, load_policy
 from protocol import config, ops, rules
 from protocol.config import ConfigError
 
@@ -61,6 +62,8 @@ class HelperConfig:
     first_frame_timeout: float  # seconds a new connection has to send its first frame header
     max_connections_per_uid: int  # connections one non-root uid may hold at once
     root_reserved_connections: int  # of max_connections, slots only root (the CLI) may use
+    # Browser sessions ([helperd.session]): the group map, lifetimes, the refusal delay.
+    session: SessionPolicy = field(default_factory=SessionPolicy)
 
 
 def _uid(user: str) -> int:
@@ -211,6 +214,7 @@ def load(path: str | None) -> HelperConfig:
         max_connections_per_uid=sec.get("max_connections_per_uid", int,
                                         min(48, max_connections - root_reserved)),
         root_reserved_connections=root_reserved,
+        session=load_policy(sec.section("session")),
     )
     for key in ("lxcpath", "templates_dir", "state_dir", "audit_dir", "audit_key_file"):
         if not os.path.isabs(getattr(cfg, key)):

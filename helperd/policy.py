@@ -12,11 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from helperd import audit, doctor
+from helperd import audit, doctor, sessions
 from helperd.config import HelperConfig
 from helperd.containers import Containers
-from protocol import ops, rules
+from protocol import ops, rules, tokens
 from protocol.errors import LwpError
+from protocol.session import CreateSession, EndSession, SessionInfo
 from protocol.stream import SubscribeEvents
 
 if TYPE_CHECKING:
@@ -128,6 +129,48 @@ async def list_tokens(h: Helper, req: ops.ListTokens, actor: Actor) -> Any:
     return [record.public() for record in await h.tokens.run(h.tokens.list)]
 
 
+async def create_session(h: Helper, req: CreateSession, actor: Actor) -> Any:
+    """Sign in with a host account (PAM) or an API token: mint a session, a token of kind
+    `session` bound to the user. The secret goes back once, for the frontend's cookie."""
+    cfg = h.cfg.session
+    if req.token is not None:
+        record = h.tokens.verify(req.token)
+        if record is None or record.kind != tokens.API:
+            raise sessions.refused()  # the frontend counts it as a failed authentication
+        user, scope, parent = None, record.scope, record.id
+        description = f"token {record.id}: {record.description}"
+    else:
+        assert req.username is not None and req.password is not None  # the request's rule
+        signed = await h.password_check(req.username, req.password, h.client())
+        user, scope, parent, description = signed.user, signed.scope, None, signed.user
+    session_id, secret = await h.tokens.run(h.tokens.create_session, user, description, scope,
+                                            cfg.idle, cfg.lifetime, parent)
+    log.info("session %d for %s (%s) opened", session_id, description, scope)
+    record = h.tokens.verify(secret)
+    return {"id": session_id, "secret": secret, "user": user, "scope": scope,
+            "expires": None if record is None else record.expires, "idle": cfg.idle}
+
+
+async def end_session(h: Helper, req: EndSession, actor: Actor) -> Any:
+    """Sign out: the presented session is deleted from the store, not only forgotten."""
+    record = h.presented()
+    if record is None or record.kind != tokens.SESSION:
+        raise LwpError("invalid-request", "only a session can be ended here; revoke a token "
+                                          "with DELETE /api/v1/tokens/id/<id>")
+    await h.tokens.run(h.tokens.revoke, None, record.id)
+    log.info("session %d for %s ended: signed out", record.id, record.description)
+    return {"id": record.id}
+
+
+async def session_info(h: Helper, req: SessionInfo, actor: Actor) -> Any:
+    record = h.presented()
+    if record is None:  # root's CLI
+        return {"id": None, "kind": "local", "user": "root", "scope": actor.scope,
+                "expires": None, "idle": None}
+    return {"id": record.id, "kind": record.kind, "user": record.user, "scope": record.scope,
+            "expires": record.expires, "idle": record.idle}
+
+
 def query_audit(h: Helper, req: ops.QueryAudit) -> Any:
     try:
         return audit.query(h.cfg.audit_dir, req)
@@ -214,6 +257,10 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule("list_templates", HOST_READ, list_templates),
     Rule("subscribe_events", LIVE, subscribe_events),
     Rule("helper_metrics", LIVE, helper_metrics),
+    # Sessions (#15): tokens of kind `session`; signing in needs no token (ops.ANONYMOUS_OPS).
+    Rule("create_session", TOKEN_CHANGE, create_session),
+    Rule("end_session", TOKEN_CHANGE, end_session),
+    Rule("session_info", TOKEN_READ, session_info),
 )}
 
 

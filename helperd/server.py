@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from helperd import audit, policy
+from helperd import audit, policy, sessions
 from helperd.config import HelperConfig
 from helperd.containers import Containers
 from helperd.isolate import Workers, run_isolated
@@ -29,7 +29,7 @@ from helperd.live import Live
 from helperd.policy import Kind, Rule
 from helperd.recovery import recover
 from helperd.tokenstore import TokenStore
-from protocol import framing, ops, rules
+from protocol import framing, ops, rules, tokens
 from protocol.errors import LwpError
 from protocol.limits import Buckets
 from protocol.stream import SubscribeEvents
@@ -321,6 +321,9 @@ class Helper:
 
     def identify(self, envelope: ops.Envelope, peer: Peer) -> Actor:
         if envelope.token is None:
+            if envelope.op.name in ops.ANONYMOUS_OPS:
+                # Signing in: the request carries the credential, checked by its handler.
+                return Actor(None, "sign-in", "read")
             # Only root on this host may act without a token: that is the admin CLI, and
             # the way the first admin token comes to exist.
             if peer.uid == 0:
@@ -330,6 +333,23 @@ class Helper:
         if record is None:
             raise LwpError("unauthorized", "Unauthorized")
         return Actor(record.id, record.description, record.scope)
+
+    @functools.cached_property
+    def password_check(self) -> sessions.PasswordCheck:
+        return sessions.PasswordCheck(self.cfg.session)
+
+    def presented(self) -> tokens.TokenRecord | None:
+        """The live record of the token the request being run presented (None: root's CLI,
+        or a token gone meanwhile)."""
+        envelope = CURRENT_ENVELOPE.get(None)
+        if envelope is None or envelope.token is None:
+            return None
+        return self.tokens.verify(envelope.token)
+
+    def client(self) -> str:
+        """The client address the frontend reported for the request being run."""
+        envelope = CURRENT_ENVELOPE.get(None)
+        return "unknown" if envelope is None else envelope.client
 
     # -- running work, as the request's rule says ------------------------------------------
 

@@ -115,6 +115,9 @@ class TokenStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before the reply
         self._db.execute(tokens.SCHEMA)
+        added = tokens.upgrade(self._db)  # a store from before sessions: published below
+        if added:
+            log.info("token store: added columns %s", ", ".join(added))
         self._reads = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                       timeout=READ_WAIT)
         self._reads.execute("PRAGMA query_only=1")
@@ -122,6 +125,7 @@ class TokenStore:
         # One thread, so writes keep their order; never the event loop's.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="tokens")
         self._last_used: dict[int, float] = {}
+        self._seen: dict[int, float] = {}  # sessions: the last use, to the second
         # Always, at start: a crash between a commit and its publish loses nothing.
         with self._lock:
             self._publish()
@@ -140,7 +144,18 @@ class TokenStore:
         indexed read that no lock can hold up; the last_used write goes to the store's thread."""
         now = time.time()
         record = tokens.lookup(self._reads, self.key, token, now)
-        if record is not None and now - self._last_used.get(record.id, 0.0) > LAST_USED_GRANULARITY:
+        if record is None:
+            return None
+        if record.idle is not None:
+            # last_used reaches the database once a minute; this memory has every use (after
+            # a restart a session may end up to a minute early, never late).
+            seen = max(self._seen.get(record.id, 0.0), record.last_used or 0.0, record.created)
+            if now - seen > record.idle:
+                self._seen.pop(record.id, None)
+                self._thread.submit(self._end_idle, record.id)  # for good, not for a request
+                return None
+            self._seen[record.id] = now
+        if now - self._last_used.get(record.id, 0.0) > LAST_USED_GRANULARITY:
             self._last_used[record.id] = now
             self._thread.submit(self._touch, record.id, now)
         return record
@@ -167,6 +182,41 @@ class TokenStore:
         assert cur.lastrowid is not None
         return cur.lastrowid, token
 
+    def create_session(self, user: str | None, description: str, scope: str, idle: float,
+                       lifetime: float, parent: int | None = None) -> tuple[int, str]:
+        """Mint a session: a generated token of kind `session`, bound to `user`, that ends
+        after `idle` seconds unused or `lifetime` seconds after now (sooner if its parent
+        token expires first); blocking, as create()."""
+        secret = GENERATED_PREFIX + secrets.token_urlsafe(32)
+        now = time.time()
+        expires = now + lifetime
+        with self._lock:
+            if parent is not None:
+                owner = self._by_id(parent)
+                if owner is None:  # revoked while this sign-in ran
+                    raise LwpError("unauthorized", "Unauthorized")
+                if owner.expires is not None:
+                    expires = min(expires, owner.expires)
+            cur = self._db.execute(
+                "INSERT INTO tokens (digest, description, scope, created, expires, kind, user, "
+                "idle, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (tokens.digest(self.key, secret), description, scope, now, expires,
+                 tokens.SESSION, user, idle, parent))
+            self._publish()
+        assert cur.lastrowid is not None
+        return cur.lastrowid, secret
+
+    def _end_idle(self, session_id: int) -> None:
+        try:
+            with self._lock:
+                self._db.execute("DELETE FROM tokens WHERE id = ? AND kind = ?",
+                                 (session_id, tokens.SESSION))
+                self._publish()
+        except (OSError, sqlite3.Error) as exc:  # it is refused anyway; retried at next use
+            log.warning("session %d: idle end not recorded: %s", session_id, exc)
+        else:
+            log.info("session %d ended: idle", session_id)
+
     def revoke(self, token: str | None, token_id: int | None) -> TokenRecord:
         """Delete a token (by token or by id); blocking, as create()."""
         with self._lock:
@@ -175,6 +225,8 @@ class TokenStore:
             if record is None:
                 raise LwpError("not-found", "no such token")
             self._db.execute("DELETE FROM tokens WHERE id = ?", (record.id,))
+            # The sessions a token was exchanged for end with it.
+            self._db.execute("DELETE FROM tokens WHERE parent = ?", (record.id,))
             self._publish()
         return record
 
@@ -184,9 +236,10 @@ class TokenStore:
         return None if row is None else tokens.row_record(row)
 
     def list(self) -> list[TokenRecord]:
-        query = f"SELECT {tokens.COLUMNS} FROM tokens ORDER BY id"  # noqa: S608
+        """API tokens (sessions are not tokens an admin manages here)."""
+        query = f"SELECT {tokens.COLUMNS} FROM tokens WHERE kind = ? ORDER BY id"  # noqa: S608
         with self._lock:
-            rows = self._db.execute(query).fetchall()
+            rows = self._db.execute(query, (tokens.API,)).fetchall()
         return [tokens.row_record(row) for row in rows]
 
     def _touch(self, token_id: int, now: float) -> None:

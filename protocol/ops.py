@@ -16,6 +16,7 @@ from typing import Any, Union
 
 from protocol import rules
 from protocol.errors import LwpError, invalid
+from protocol.session import CreateSession, EndSession, SessionInfo
 from protocol.stream import SubscribeEvents
 
 # A client-chosen token must be at least this long whatever the configuration says.
@@ -261,7 +262,8 @@ Request = (ListContainers | ContainerInfo | StartContainer | StopContainer | Fre
            | UnfreezeContainer | RestartContainer | CreateContainer | CloneContainer
            | DestroyContainer | CreateToken | RevokeToken | ListTokens | QueryAudit | HostReport
            | ContainerConfig | SetContainerConfig
-           | ListTemplates | SubscribeEvents | HelperMetrics)
+           | ListTemplates | SubscribeEvents | HelperMetrics
+           | CreateSession | EndSession | SessionInfo)
 
 
 @dataclass(frozen=True)
@@ -298,7 +300,14 @@ OPS: dict[str, Op] = {op.name: op for op in (
     # Its reply opens a stream on its connection (protocol/stream.py); the timeout is the reply's.
     Op("subscribe_events", SubscribeEvents, "read", 30),
     Op("helper_metrics", HelperMetrics, "read", 30),
+    # Sign-in needs no token (ANONYMOUS_OPS); the helper checks the password or the token it
+    # carries. The frontend waits past the refusal delay ([helperd.session] fail_delay).
+    Op("create_session", CreateSession, "read", 60),
+    Op("end_session", EndSession, "read", 30),
+    Op("session_info", SessionInfo, "read", 30),
 )}
+# Ops a peer may send without a token: the request carries its own credential.
+ANONYMOUS_OPS = frozenset({"create_session"})
 OP_OF_REQUEST: dict[type, Op] = {op.request: op for op in OPS.values()}
 
 

@@ -28,10 +28,20 @@ CREATE TABLE IF NOT EXISTS tokens (
     scope TEXT NOT NULL,
     created REAL NOT NULL,
     expires REAL,
-    last_used REAL
+    last_used REAL,
+    kind TEXT NOT NULL DEFAULT 'api',
+    user TEXT,
+    idle REAL,
+    parent INTEGER
 )"""
 # A constant, interpolated into queries (never client input: hence the S608 waivers).
-COLUMNS = "id, digest, description, scope, created, expires, last_used"
+COLUMNS = "id, digest, description, scope, created, expires, last_used, kind, user, idle, parent"
+# Columns later versions added, as ALTER TABLE adds them to an older store (upgrade()):
+# a store written before sessions existed holds API tokens only, which the defaults say.
+ADDED_COLUMNS = {"kind": "TEXT NOT NULL DEFAULT 'api'", "user": "TEXT", "idle": "REAL",
+                 "parent": "INTEGER"}
+API = "api"  # a token an admin made: presented in a header or the query
+SESSION = "session"  # a browser's sign-in: presented only in the session cookie
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,10 @@ class TokenRecord:
     created: float
     expires: float | None
     last_used: float | None
+    kind: str = API
+    user: str | None = None  # a session's account name (None: exchanged from a token)
+    idle: float | None = None  # a session ends after this many seconds without a request
+    parent: int | None = None  # the API token a session was exchanged for; ends with it
 
     def public(self) -> dict[str, object]:
         """What may be shown about a token: everything but its secret, which we never have."""
@@ -86,10 +100,23 @@ def fd_identity(fd: int) -> tuple[int, int, int, int]:
 
 
 def row_record(row: tuple[Any, ...]) -> TokenRecord:
-    id_, _digest, description, scope, created, expires, last_used = row
+    id_, _digest, description, scope, created, expires, last_used, kind, user, idle, parent = row
     return TokenRecord(int(id_), str(description), str(scope), float(created),
                        None if expires is None else float(expires),
-                       None if last_used is None else float(last_used))
+                       None if last_used is None else float(last_used), str(kind),
+                       None if user is None else str(user),
+                       None if idle is None else float(idle),
+                       None if parent is None else int(parent))
+
+
+def upgrade(conn: sqlite3.Connection) -> list[str]:
+    """Add the columns an older store lacks (in place: ALTER TABLE ADD COLUMN rewrites no
+    row); returns their names. The caller holds the only write connection."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(tokens)")}
+    added = [name for name in ADDED_COLUMNS if name not in have]
+    for name in added:
+        conn.execute(f"ALTER TABLE tokens ADD COLUMN {name} {ADDED_COLUMNS[name]}")
+    return added
 
 
 def lookup(conn: sqlite3.Connection, key: bytes, token: str, now: float) -> TokenRecord | None:

@@ -97,6 +97,19 @@ async def test_a_use_is_recorded_off_the_loop_and_publishes_nothing(
 
 # -- an older install's shared database --------------------------------------------------------
 
+# The previous release's schema (tokens.SCHEMA has grown since: sessions, #15).
+OLD_SCHEMA = """
+CREATE TABLE tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    digest BLOB NOT NULL UNIQUE,
+    description TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL,
+    last_used REAL
+)"""
+
+
 def make_old_store(state: str) -> dict[str, int]:
     """The store as the previous release left it: key and database side by side in state_dir,
     the database in rollback-journal mode and written in place. Returns token -> id."""
@@ -106,7 +119,7 @@ def make_old_store(state: str) -> dict[str, int]:
         f.write(key)
     db = sqlite3.connect(os.path.join(state, tokens.DB_FILE), isolation_level=None)
     db.execute("PRAGMA journal_mode=DELETE")
-    db.execute(tokens.SCHEMA)
+    db.execute(OLD_SCHEMA)  # the previous release's columns: no kind, user, idle or parent
     made = {}
     for n, scope in enumerate(("admin", "operate", "read", "gone")):
         token = f"lwp_old_{n}_" + secrets.token_urlsafe(32)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 import math
 import os
@@ -161,7 +162,7 @@ WIRE_EXAMPLES: dict[str, Any] = {
     "token": "lwp_" + "A" * 40, "description": "ci runner", "scope": "read",
     "expires": 4102444800.0, "id": 7, "since": "2024-05-01T12:00:00Z",
     "until": "2024-05-02", "container": "web-1", "actor": "ci", "op": "start_container",
-    "outcome": "ok", "limit": 50, "cursor": 3,
+    "outcome": "ok", "limit": 50, "cursor": 3, "username": "alice", "password": "a passphrase",
     "memory_limit": "512M", "memory_swap_limit": 1073741824, "cpus": "0-1,3", "cpu_weight": 200,
     "autostart": True, "autostart_delay": 5, "autostart_order": -3, "unset": ["cpus"],
     "types": ["lifecycle", "operation"], "after_epoch": "0123456789abcdef", "after": 5,
@@ -325,12 +326,15 @@ def m_drop(rnd: random.Random, req: dict[Any, Any]) -> None:
 
 
 def m_extra(rnd: random.Random, req: dict[Any, Any]) -> None:
-    _map(rnd, req)[rnd.choice(EXTRA_KEYS)] = rnd.choice(WRONG_VALUES + HOSTILE_STRINGS)
+    # A copy: WRONG_VALUES holds maps, and one that became `args` would be written into by
+    # the next mutation (shared, it grew into a cycle that pack() recursed on for ever).
+    _map(rnd, req)[rnd.choice(EXTRA_KEYS)] = copy.deepcopy(
+        rnd.choice(WRONG_VALUES + HOSTILE_STRINGS))
 
 
 def m_wrong_type(rnd: random.Random, req: dict[Any, Any]) -> None:
     target, key = _slot(rnd, req)
-    target[key] = rnd.choice(WRONG_VALUES)
+    target[key] = copy.deepcopy(rnd.choice(WRONG_VALUES))  # a copy, as in m_extra
 
 
 def m_unknown_op(rnd: random.Random, req: dict[Any, Any]) -> None:

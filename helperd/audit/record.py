@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from protocol import ops
+from protocol import ops, session
 
 # chain_0: the value the first record (seq 1) chains from.
 GENESIS = bytes(32)
@@ -94,14 +94,24 @@ def _revoke_token_args(req: ops.RevokeToken) -> dict[str, Any]:
     return {"by": "id" if req.id is not None else "token", "id": req.id}
 
 
+def _create_session_args(req: session.CreateSession) -> dict[str, Any]:
+    # Never the password or the token, nor the name as typed (a password typed into the
+    # name field would land here): the user is filled in from the result, once PAM said yes.
+    return {"method": "token" if req.token is not None else "password"}
+
+
 ARGS_OF: dict[type, Callable[[Any], dict[str, Any]]] = {
     ops.CreateToken: _create_token_args,
     ops.RevokeToken: _revoke_token_args,
+    session.CreateSession: _create_session_args,
 }
 # Results that complete a record's args: the id of a token made or revoked.
 RESULT_ARGS: dict[type, Callable[[Any], dict[str, Any]]] = {
     ops.CreateToken: lambda result: {"id": result["id"]},
     ops.RevokeToken: lambda result: {"id": result["id"]},
+    # A session's id and user; never its secret, which the result also carries.
+    session.CreateSession: lambda result: {"id": result["id"], "user": result["user"]},
+    session.EndSession: lambda result: {"id": result["id"]},
 }
 
 
