@@ -177,6 +177,60 @@ def restart_curl(times: int, unit: str, url: str, curl_config: str) -> list[dict
     return rounds
 
 
+def panel_session(base: str, credentials_file: str, container: str) -> dict[str, object]:
+    """What the panel's page does, with the standard library: load the page, sign in with the
+    host account in `credentials_file` (JSON, never argv), stop and start `container` with the
+    session cookie and the page's header, try a change without that header, sign out."""
+    if not base.startswith("http://127.0.0.1:"):
+        raise ValueError(f"the probe only talks to the loopback API, not {base}")
+    origin = base.rstrip("/")
+    out: dict[str, object] = {}
+
+    def call(method: str, path: str, body: object = None, cookie: str = "",
+             page_header: bool = True) -> tuple[int, object, str]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(origin + path, data=data, method=method)  # noqa: S310
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if cookie:
+            req.add_header("Cookie", cookie)
+        if page_header:
+            req.add_header("X-LWP-Request", "1")
+            req.add_header("Origin", origin)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 (checked)
+                status, raw, headers = resp.status, resp.read(), resp.headers
+        except urllib.error.HTTPError as exc:
+            status, raw, headers = exc.code, exc.read(), exc.headers
+        try:
+            parsed: object = json.loads(raw)
+        except ValueError:
+            parsed = raw.decode("utf-8", "replace")[:200]
+        return status, parsed, "; ".join(headers.get_all("Set-Cookie") or [])
+
+    status, page, _ = call("GET", "/", page_header=False)
+    out["page"] = {"status": status, "is_html": isinstance(page, str) and "<html" in page.lower()}
+    with open(credentials_file) as f:
+        credentials = json.load(f)
+    status, body, set_cookie = call("POST", "/api/v1/session", credentials)
+    out["sign_in"] = {"status": status, "body": body,
+                      "httponly": "httponly" in set_cookie.lower(),
+                      "samesite_strict": "samesite=strict" in set_cookie.lower()}
+    cookie = set_cookie.split(";", 1)[0]
+    for action in ("stop", "start"):
+        status, body, _ = call("POST", f"/api/v1/containers/{container}", {"action": action},
+                               cookie)
+        out[action] = {"status": status, "body": body}
+    status, body, _ = call("POST", f"/api/v1/containers/{container}", {"action": "stop"},
+                           cookie, page_header=False)
+    out["without_header"] = {"status": status, "body": body}
+    status, body, _ = call("DELETE", "/api/v1/session", cookie=cookie)
+    out["sign_out"] = {"status": status}
+    status, body, _ = call("GET", "/api/v1/containers", cookie=cookie)
+    out["after_sign_out"] = {"status": status}
+    return out
+
+
 def main(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "http":
@@ -194,6 +248,8 @@ def main(argv: list[str]) -> int:
         result = port_holders(int(args[0]))
     elif cmd == "bind-as":
         result = bind_as(args[0], int(args[1]))
+    elif cmd == "panel-session":
+        result = panel_session(args[0], args[1], args[2])
     elif cmd == "restart-curl":
         result = restart_curl(int(args[0]), args[1], args[2], args[3])
     else:

@@ -38,7 +38,7 @@ NAME = "lwp-deb-test"
 SUITE = "bookworm"
 MIRROR = os.environ.get("LWP_DEBTEST_MIRROR", "http://deb.debian.org/debian")
 INCLUDE = "systemd,systemd-sysv,dbus"
-HOST_DEPS = ["debootstrap", "lxc", "python3-lxc"]
+HOST_DEPS = ["debootstrap", "lxc", "python3-lxc", "openssl"]
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 API = "http://127.0.0.1:5000/api/v1"
 TOKEN_FILE = "/var/lib/lwp/initial-admin-token"  # noqa: S105 (a path)
@@ -651,6 +651,51 @@ def step_manage(ins: Inside, state: dict[str, Any]) -> None:
         state.pop("pid", None)
 
 
+PANEL_USER = "lwp-deb-test-operator"
+
+
+def step_panel_sign_in(ins: Inside, state: dict[str, Any]) -> None:
+    """A host user in lwp-operator signs in through PAM (/etc/pam.d/lwp) and drives a
+    container with the page's own API calls: the session cookie and its header."""
+    if "pid" not in state:
+        raise Failed(f"no running {NESTED} to drive (step 3 failed)")
+    rc, out, err = ins.run(["getent", "group", "lwp-admin", "lwp-operator", "lwp-viewer"])
+    R.check("postinst made the groups lwp-admin, lwp-operator, lwp-viewer",
+            rc == 0 and len(out.splitlines()) == 3, out + err)
+    R.check("/etc/pam.d/lwp is installed", (ins.rootfs / "etc/pam.d/lwp").is_file())
+    password = os.urandom(12).hex()
+    hashed = run(["openssl", "passwd", "-6", "-stdin"], input=password).stdout.strip()
+    rc, out, err = ins.run(["useradd", "--create-home", "--groups", "lwp-operator",
+                            "--password", hashed, PANEL_USER])
+    R.must(f"useradd {PANEL_USER} in lwp-operator", rc == 0, out + err)
+    credentials = ins.rootfs / "root/panel-credentials.json"
+    credentials.write_text(json.dumps({"username": PANEL_USER, "password": password}))
+    credentials.chmod(0o600)
+    try:
+        got = ins.probe("panel-session", "http://127.0.0.1:5000/",
+                        "/root/panel-credentials.json", NESTED)
+    finally:
+        credentials.unlink()
+    R.check("GET / serves the panel's page", got["page"] == {"status": 200, "is_html": True}, got)
+    R.must(f"POST /api/v1/session as {PANEL_USER} (PAM): 200, operate scope, an HttpOnly "
+           "SameSite=Strict cookie", got["sign_in"]["status"] == 200
+           and got["sign_in"]["body"].get("scope") == "operate"
+           and got["sign_in"]["httponly"] and got["sign_in"]["samesite_strict"], got["sign_in"])
+    R.check(f"stop and start {NESTED} with the session cookie: 200 each",
+            got["stop"]["status"] == 200 and got["start"]["status"] == 200, got)
+    R.check("a cookie change without X-LWP-Request is 403",
+            got["without_header"]["status"] == 403, got["without_header"])
+    R.check("sign-out revokes the session: the cookie then gets 401",
+            got["sign_out"]["status"] == 200 and got["after_sign_out"]["status"] == 401, got)
+    rc, out, err = ins.run(["lwp-admin", "audit", "--op", "start_container", "--json"])
+    ends = [json.loads(line) for line in out.splitlines() if line.strip()] if rc == 0 else []
+    R.check(f"the audit trail names {PANEL_USER} as the actor of the page's start",
+            bool(ends) and ends[-1]["actor"]["description"] == PANEL_USER, ends[-1:] or out + err)
+    info = ins.nested()
+    if info["body"].get("state") == "RUNNING":
+        state["pid"] = int(info["body"]["pid"])
+
+
 def step_no_token_leak(ins: Inside, state: dict[str, Any], chroot_output: str) -> None:
     tokens = state.get("tokens") or [(ins.rootfs / TOKEN_FILE.lstrip("/")).read_text().strip()]
     journal = ins.run(["journalctl", "-o", "verbose", "--no-pager"])[1]  # every field
@@ -783,6 +828,8 @@ def main() -> int:
             ("   the frontend's port is systemd's", partial(step_port, ins)),
             ("2 list containers with the postinst token", partial(step_list, ins)),
             ("3 nested busybox container through the API", partial(step_nested, ins, state)),
+            ("   sign in to the panel through PAM and act as the page does",
+             partial(step_panel_sign_in, ins, state)),
             ("4 restart helper and frontend", partial(step_restarts, ins, state)),
             ("5 upgrade to a rebuilt higher version", partial(step_upgrade, ins, deb2, state)),
             ("   stop, clone, destroy, start with the upgraded helper",
