@@ -20,7 +20,7 @@ def cited_tests(text: str) -> list[tuple[str, str]]:
                 continue
             current = m.group(1) or current
             assert current is not None, f"`::{m.group(2)}` names no file: {line[:80]}"
-            found.append((os.path.basename(current), m.group(2)))
+            found.append((current.removeprefix("tests/"), m.group(2)))
     return found
 
 
