@@ -127,7 +127,10 @@ def start_proxy(live: Live, prefix: str, world: World) -> Proxy:
 def panel(world: World) -> Iterator[Panel]:
     made = {scope: world.call(ops.CreateToken(None, f"browser {scope}", scope))["token"]
             for scope in ("admin", "operate", "read")}
-    live = start_frontend(world)
+    # One address (loopback) signs in, out and with unknown tokens all session long, on purpose:
+    # the per-address failure limiter (proven in test_network_ratelimit.py and
+    # test_sessions_http.py) would lock the whole browser suite out.
+    live = start_frontend(world, settings="auth_failures_burst = 1000\n")
     proxy = None if REAL_SESSIONS else start_proxy(live, "", world)
     try:
         yield Panel(world, live, proxy.url if proxy else live.url + "/", proxy, **made)
