@@ -665,7 +665,7 @@ def step_panel_sign_in(ins: Inside, state: dict[str, Any]) -> None:
     R.check("/etc/pam.d/lwp is installed", (ins.rootfs / "etc/pam.d/lwp").is_file())
     password = os.urandom(12).hex()
     hashed = run(["openssl", "passwd", "-6", "-stdin"], input=password).stdout.strip()
-    rc, out, err = ins.run(["useradd", "--create-home", "--groups", "lwp-operator",
+    rc, out, err = ins.run(["useradd", "--no-create-home", "--groups", "lwp-operator",
                             "--password", hashed, PANEL_USER])
     R.must(f"useradd {PANEL_USER} in lwp-operator", rc == 0, out + err)
     credentials = ins.rootfs / "root/panel-credentials.json"
@@ -676,6 +676,7 @@ def step_panel_sign_in(ins: Inside, state: dict[str, Any]) -> None:
                         "/root/panel-credentials.json", NESTED)
     finally:
         credentials.unlink()
+        ins.run(["userdel", PANEL_USER])  # the purge step checks the root is as it was
     R.check("GET / serves the panel's page", got["page"] == {"status": 200, "is_html": True}, got)
     R.must(f"POST /api/v1/session as {PANEL_USER} (PAM): 200, operate scope, an HttpOnly "
            "SameSite=Strict cookie", got["sign_in"]["status"] == 200
