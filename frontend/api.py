@@ -192,14 +192,18 @@ class Api:
     async def create_token(self, request: web.Request) -> web.Response:
         self.permit(request)
         body = await json_object(request)
-        _no_others(body, {"token", "description", "scope", "expires"})
+        _no_others(body, {"token", "description", "scope", "expires", "containers"})
         scope = field(body, "scope", str, required=False)
+        containers = field(body, "containers", list, required=False)
+        if containers is not None and not all(isinstance(c, str) for c in containers):
+            raise invalid("containers", "must be a list of name patterns (strings)")
         req = ops.CreateToken(
             token=field(body, "token", str, required=False),
             description=field(body, "description", str, required=False) or "",
             # Only an absent scope means admin: "" is a mistake, not a default.
             scope="admin" if scope is None else scope,
-            expires=field(body, "expires", (int, float), required=False))
+            expires=field(body, "expires", (int, float), required=False),
+            containers=None if containers is None else tuple(containers))
         result = await self.call(request, req)
         reply: dict[str, Any] = {**OK, "id": result["id"]}
         if result["token"] is not None:

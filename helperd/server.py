@@ -63,6 +63,9 @@ class Actor:
     token_id: int | None  # None: root on the host, through the admin CLI
     description: str
     scope: str
+    # The name patterns of the only containers it may see; None: every container. Recorded
+    # in the audit actor of every record of its requests, so the trail shows the limit.
+    containers: tuple[str, ...] | None = None
 
 
 class _Slot:
@@ -300,6 +303,9 @@ class Helper:
         call.set_actor(**dataclasses.asdict(actor))  # who asked, even if the scope refuses
         if not rules.scope_allows(actor.scope, envelope.op.scope):
             raise LwpError("forbidden", "Forbidden")
+        if actor.containers is not None:  # whatever the frontend checked: the helper decides
+            policy.check_limited(policy.RULES[envelope.op.name], envelope.request,
+                                 actor.containers)
         return actor
 
     def identify(self, envelope: ops.Envelope, peer: Peer) -> Actor:
@@ -312,7 +318,7 @@ class Helper:
         record = self.tokens.verify(envelope.token)
         if record is None:
             raise LwpError("unauthorized", "Unauthorized")
-        return Actor(record.id, record.description, record.scope)
+        return Actor(record.id, record.description, record.scope, record.containers)
 
     # -- running work, as the request's rule says ------------------------------------------
 
@@ -321,7 +327,10 @@ class Helper:
         if rule.kind is Kind.CONTAINER_CHANGE:
             return await self.change(rule, request)
         if rule.kind is Kind.READ:
-            return await self.read(rule, rule.call, self.containers, request)
+            result = await self.read(rule, rule.call, self.containers, request)
+            if actor.containers is not None and rule.limited is policy.Limited.LISTED:
+                return policy.only_visible(result, actor.containers)
+            return result
         if rule.kind is Kind.HOST_READ:
             return await self.read(rule, rule.call, self, request)
         return await rule.call(self, request, actor)  # the token store runs its own thread

@@ -96,6 +96,16 @@ def _migrate(shared: str, private: str) -> None:
     log.info("token store moved from %s to %s", shared, private)
 
 
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Give a store made by an older release the columns added since (NULL in its rows: an
+    old token stays what it was, e.g. one for every container)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
+    for column, kind in tokens.ADDED_COLUMNS.items():
+        if column not in have:
+            db.execute(f"ALTER TABLE tokens ADD COLUMN {column} {kind}")  # constants only
+            log.info("token store: added column %s", column)
+
+
 class TokenStore:
     def __init__(self, state_dir: str, gid: int, min_length: int) -> None:
         self.min_length = min_length
@@ -115,6 +125,7 @@ class TokenStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before the reply
         self._db.execute(tokens.SCHEMA)
+        _add_columns(self._db)
         self._reads = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                       timeout=READ_WAIT)
         self._reads.execute("PRAGMA query_only=1")
@@ -146,7 +157,8 @@ class TokenStore:
         return record
 
     def create(self, token: str | None, description: str, scope: str,
-               expires: float | None) -> tuple[int, str]:
+               expires: float | None,
+               containers: tuple[str, ...] | None = None) -> tuple[int, str]:
         """Register a token (generating one when None); returns its id and the token.
 
         Blocking (a commit and a publish, with their fsyncs): the helper calls it through run()."""
@@ -158,9 +170,10 @@ class TokenStore:
         with self._lock:
             try:
                 cur = self._db.execute(
-                    "INSERT INTO tokens (digest, description, scope, created, expires) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (tokens.digest(self.key, token), description, scope, time.time(), expires))
+                    "INSERT INTO tokens (digest, description, scope, created, expires, "
+                    "containers) VALUES (?, ?, ?, ?, ?, ?)",
+                    (tokens.digest(self.key, token), description, scope, time.time(), expires,
+                     tokens.encode_containers(containers)))
             except sqlite3.IntegrityError:
                 raise LwpError("token-exists", "that token is already registered") from None
             self._publish()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import sqlite3
 import urllib.parse
@@ -28,10 +29,14 @@ CREATE TABLE IF NOT EXISTS tokens (
     scope TEXT NOT NULL,
     created REAL NOT NULL,
     expires REAL,
-    last_used REAL
+    last_used REAL,
+    containers TEXT
 )"""
 # A constant, interpolated into queries (never client input: hence the S608 waivers).
-COLUMNS = "id, digest, description, scope, created, expires, last_used"
+COLUMNS = "id, digest, description, scope, created, expires, last_used, containers"
+# Columns added after the first release, with their type: a store without one gains it
+# (ALTER TABLE ... ADD COLUMN, NULL in every old row) when the helper opens it.
+ADDED_COLUMNS = {"containers": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,34 @@ class TokenRecord:
     created: float
     expires: float | None
     last_used: float | None
+    # The name patterns of the only containers it may see (rules.container_patterns); None:
+    # every container. A limited token is also refused tokens, the trail and the host report.
+    containers: tuple[str, ...] | None = None
 
     def public(self) -> dict[str, object]:
         """What may be shown about a token: everything but its secret, which we never have."""
         return {"id": self.id, "description": self.description, "scope": self.scope,
-                "created": self.created, "expires": self.expires, "last_used": self.last_used}
+                "created": self.created, "expires": self.expires, "last_used": self.last_used,
+                "containers": None if self.containers is None else list(self.containers)}
+
+
+def encode_containers(patterns: tuple[str, ...] | None) -> str | None:
+    """The containers column: a JSON list of patterns, or NULL for every container."""
+    return None if patterns is None else json.dumps(list(patterns))
+
+
+def decode_containers(text: str | None) -> tuple[str, ...] | None:
+    """The column read back. Written by the helper alone, from validated patterns; a value
+    that is not a list of strings fails closed (the empty tuple: no container matches)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return ()
+    return tuple(value)
 
 
 def digest(key: bytes, token: str) -> bytes:
@@ -86,10 +114,11 @@ def fd_identity(fd: int) -> tuple[int, int, int, int]:
 
 
 def row_record(row: tuple[Any, ...]) -> TokenRecord:
-    id_, _digest, description, scope, created, expires, last_used = row
+    id_, _digest, description, scope, created, expires, last_used, containers = row
     return TokenRecord(int(id_), str(description), str(scope), float(created),
                        None if expires is None else float(expires),
-                       None if last_used is None else float(last_used))
+                       None if last_used is None else float(last_used),
+                       decode_containers(containers))
 
 
 def lookup(conn: sqlite3.Connection, key: bytes, token: str, now: float) -> TokenRecord | None:
