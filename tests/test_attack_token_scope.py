@@ -332,3 +332,15 @@ def test_patterns_match_case_sensitively_and_whole() -> None:
     assert not rules.in_patterns("db-12", ("db-?",))
     assert not rules.in_patterns("WEB-1", ("web-*",))
     assert not rules.in_patterns("xweb-1", ("web-*",))
+
+
+def test_lwp_admin_adds_and_lists_a_limited_token(scoped: Scoped) -> None:
+    from tests.test_admin_cli import admin
+    w = scoped.world
+    made = admin(w, "token", "add", "--scope", "read", "--description", "cli limited",
+                 "--containers", "web-*", "--containers", "db-1")
+    assert made.returncode == 0, made.stderr
+    listed = admin(w, "token", "list")
+    assert "cli limited [containers: web-* db-1]" in listed.stdout
+    bad = admin(w, "token", "add", "--containers", "../x")
+    assert bad.returncode == 1 and "invalid-request" in bad.stderr
