@@ -271,9 +271,11 @@ ROUTES = (
           "destroy a container; a running one only with force", "Ok",
           errors=(400, 409, 500), query=("force",)),
     Route("GET", "/api/v1/tokens", Api.list_tokens, (ops.ListTokens,),
-          "every token, never a secret", "TokenList"),
+          "every token, its scope and containers, never a secret (unlimited admin tokens)",
+          "TokenList"),
     Route("POST", "/api/v1/tokens", Api.create_token, (ops.CreateToken,),
-          "register or generate a token", "TokenCreated", body="CreateToken", errors=(409,)),
+          "register or generate a token, for every container or limited to name patterns "
+          "(unlimited admin tokens)", "TokenCreated", body="CreateToken", errors=(409,)),
     Route("DELETE", "/api/v1/tokens/{token}", Api.revoke_token, (ops.RevokeToken,),
           "revoke a token by its secret", "TokenRevoked", errors=(400, 404)),
     Route("DELETE", "/api/v1/tokens/id/{id}", Api.revoke_token_by_id, (ops.RevokeToken,),

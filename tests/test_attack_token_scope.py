@@ -344,3 +344,18 @@ def test_lwp_admin_adds_and_lists_a_limited_token(scoped: Scoped) -> None:
     assert "cli limited [containers: web-* db-1]" in listed.stdout
     bad = admin(w, "token", "add", "--containers", "../x")
     assert bad.returncode == 1 and "invalid-request" in bad.stderr
+
+
+def test_every_row_held_to_named_containers_names_them() -> None:
+    """A row left at Limited.NAMED must name its request's containers (a row without any
+    would fail every limited token's request): checked on a valid request of every op."""
+    from helperd import policy
+    from tools.fuzz_helper import example_requests
+    for request in example_requests():
+        rule = policy.rule_of(request)
+        if rule.limited is not policy.Limited.NAMED:
+            continue
+        names = rule.locks(request)
+        assert names, rule.name
+        assert all(rules.NAME_RE.fullmatch(n) for n in names), rule.name
+        assert set(rule.makes(request)) <= set(names), rule.name
