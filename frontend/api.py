@@ -227,14 +227,18 @@ class Api:
     async def create_token(self, request: web.Request) -> web.Response:
         self.permit(request)
         body = await json_object(request)
-        _no_others(body, {"token", "description", "scope", "expires"})
+        _no_others(body, {"token", "description", "scope", "expires", "containers"})
         scope = field(body, "scope", str, required=False)
+        containers = field(body, "containers", list, required=False)
+        if containers is not None and not all(isinstance(c, str) for c in containers):
+            raise invalid("containers", "must be a list of name patterns (strings)")
         req = ops.CreateToken(
             token=field(body, "token", str, required=False),
             description=field(body, "description", str, required=False) or "",
             # Only an absent scope means admin: "" is a mistake, not a default.
             scope="admin" if scope is None else scope,
-            expires=field(body, "expires", (int, float), required=False))
+            expires=field(body, "expires", (int, float), required=False),
+            containers=None if containers is None else tuple(containers))
         result = await self.call(request, req)
         reply: dict[str, Any] = {**OK, "id": result["id"]}
         if result["token"] is not None:
@@ -368,9 +372,11 @@ ROUTES = (
           "destroy a container; a running one only with force", "Ok",
           errors=(400, 409, 500), query=("force",)),
     Route("GET", "/api/v1/tokens", Api.list_tokens, (ops.ListTokens,),
-          "every token, never a secret", "TokenList"),
+          "every token, its scope and containers, never a secret (unlimited admin tokens)",
+          "TokenList"),
     Route("POST", "/api/v1/tokens", Api.create_token, (ops.CreateToken,),
-          "register or generate a token", "TokenCreated", body="CreateToken", errors=(409,)),
+          "register or generate a token, for every container or limited to name patterns "
+          "(unlimited admin tokens)", "TokenCreated", body="CreateToken", errors=(409,)),
     Route("DELETE", "/api/v1/tokens/{token}", Api.revoke_token, (ops.RevokeToken,),
           "revoke a token by its secret", "TokenRevoked", errors=(400, 404)),
     Route("DELETE", "/api/v1/tokens/id/{id}", Api.revoke_token_by_id, (ops.RevokeToken,),

@@ -37,6 +37,14 @@ def _string(pattern: re.Pattern[str], max_length: int | None = None) -> dict[str
 
 NAME = _string(rules.NAME_RE)
 NULLABLE_TIME = {"type": ["number", "null"]}
+# A token's containers (rules.container_patterns); null or absent: every container.
+CONTAINER_PATTERNS = {
+    "type": ["array", "null"], "items": _string(rules.PATTERN_RE), "minItems": 1,
+    "maxItems": rules.MAX_PATTERNS,
+    "description": "name patterns (* and ? stand for characters) of the only containers the "
+                   "token sees; others answer as if they did not exist, and such a token "
+                   "cannot mint or list tokens, read the audit trail or the host report. "
+                   "null or absent: every container"}
 # Python's str.isprintable() (the rule for free text) depends on the Unicode version and has no
 # JSON Schema pattern; this one is exact for ASCII and names the rule for the rest.
 TEXT = {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]*$",
@@ -99,11 +107,12 @@ SCHEMAS: dict[str, Any] = {
                                                          "xargs": {"enum": [None, "", []]}}}],
     },
     "TokenRecord": _object(
-        ["id", "description", "scope", "created", "expires", "last_used"],
+        ["id", "description", "scope", "created", "expires", "last_used", "containers"],
         id={"type": "integer", "minimum": 1},
         description={"type": "string"},
         scope={"type": "string", "enum": list(rules.SCOPES)},
-        created={"type": "number"}, expires=NULLABLE_TIME, last_used=NULLABLE_TIME),
+        created={"type": "number"}, expires=NULLABLE_TIME, last_used=NULLABLE_TIME,
+        containers=CONTAINER_PATTERNS),
     "CreateToken": _object(
         [],
         token={**_nullable(_string(rules.TOKEN_RE, rules.TOKEN_MAX)),
@@ -115,7 +124,8 @@ SCHEMAS: dict[str, Any] = {
         expires={"type": ["number", "null"], "exclusiveMinimum": 0,
                  "maximum": rules.EXPIRES_MAX,
                  "description": "Unix time after which the token is refused (finite, at "
-                                "most the end of the year 9999)"}),
+                                "most the end of the year 9999)"},
+        containers=CONTAINER_PATTERNS),
     "TokenCreated": _object(["status", "id"], status={"type": "string", "enum": ["ok"]},
                             id={"type": "integer", "minimum": 1},
                             token={"type": "string"}),

@@ -106,7 +106,8 @@ def _request(args: argparse.Namespace) -> ops.Request:
         if args.expires_days is not None:
             expires = (datetime.datetime.now(datetime.UTC)
                        + datetime.timedelta(days=args.expires_days)).timestamp()
-        return ops.CreateToken(None, args.description, args.scope, expires)
+        containers = None if args.containers is None else tuple(args.containers)
+        return ops.CreateToken(None, args.description, args.scope, expires, containers)
     if args.command == "list":
         return ops.ListTokens()
     return ops.RevokeToken(id=args.id)
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--scope", choices=rules.SCOPES, default="admin")
     add.add_argument("--description", default="")
     add.add_argument("--expires-days", type=_expires_days)
+    add.add_argument("--containers", action="append", metavar="PATTERN",
+                     help="limit the token to containers matching PATTERN (* and ? stand for "
+                          "characters); repeat for more; absent: every container")
     token.add_parser("list", help="list tokens (never their secrets)")
     revoke = token.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("id", type=int)
@@ -175,6 +179,11 @@ def print_doctor(findings: list[dict[str, Any]], as_json: bool = False) -> int:
     return 1 if any(f["status"] == doctor.PROBLEM for f in findings) else 0
 
 
+def _limited(token: dict[str, Any]) -> str:
+    patterns = token.get("containers")
+    return "" if patterns is None else f" [containers: {' '.join(patterns)}]"
+
+
 def _print(args: argparse.Namespace, result: Any) -> None:
     if args.json:
         print(json.dumps(result))
@@ -184,7 +193,7 @@ def _print(args: argparse.Namespace, result: Any) -> None:
         print(f"{'ID':>4}  {'SCOPE':8} {'CREATED':21} {'EXPIRES':21} {'LAST USED':21} DESCRIPTION")
         for t in result:
             print(f"{t['id']:>4}  {t['scope']:8} {_when(t['created']):21} {_when(t['expires']):21} "
-                  f"{_when(t['last_used']):21} {t['description']}")
+                  f"{_when(t['last_used']):21} {t['description']}{_limited(t)}")
     else:
         print(f"revoked token {result['id']}")
 

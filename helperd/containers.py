@@ -25,7 +25,7 @@ from helperd import cgrouplimits, cgroupstats, lxclog, monitor, netaddr, rootfs,
 from helperd.config import HelperConfig
 from protocol import ops, rules
 from protocol.config import ConfigError
-from protocol.errors import LwpError, invalid
+from protocol.errors import LwpError, invalid, missing_container
 
 # A host-side interface name as liblxc reports it, safe to put in a /sys path.
 IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
@@ -65,7 +65,7 @@ class Containers:
     def _existing(self, name: str, missing: str = "no-such-container") -> Any:
         c = self._container(name)
         if not c.defined:
-            raise LwpError(missing, f"container {name!r} does not exist")
+            raise missing_container(name, missing)  # one answer, shared with policy.py
         return c
 
     def _in_state(self, name: str, action: str, allowed: Set[str]) -> Any:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from helperd import audit, doctor, sessions
 from helperd.config import HelperConfig
 from helperd.containers import Containers
-from protocol import ops, rules, tokens
+from protocol import errors, ops, rules, tokens
 from protocol.errors import LwpError
 from protocol.session import CreateSession, EndSession, SessionInfo
 from protocol.stream import SubscribeEvents
@@ -53,8 +53,21 @@ class Kind(enum.Enum):
         return self not in (Kind.TOKEN_CHANGE, Kind.CONTAINER_CHANGE)
 
 
+class Limited(enum.Enum):
+    """How a row holds a token limited to containers (its `containers` patterns) to them."""
+
+    NAMED = ("every container the request names (the row's `locks`) must match: one that "
+             "exists outside is answered as missing, a new name outside is forbidden")
+    LISTED = "its result lists only the containers that match"
+    NEVER = "refused: tokens, the trail and the host report are for unlimited tokens only"
+
+
 def _its_name(request: Any) -> tuple[str, ...]:
     return (request.name,)
+
+
+def _nothing(request: Any) -> tuple[str, ...]:
+    return ()
 
 
 @dataclass(frozen=True)
@@ -69,7 +82,16 @@ class Rule:
     # (Containers.remove_remains). A copy writes its config before its rootfs is whole, so
     # recovery cannot trust a cut-short copy that looks complete; a template run it can.
     builds_rootfs: str | None = None
-    locks: Callable[[Any], tuple[str, ...]] = _its_name  # the containers a change holds
+    # The one place that says which containers a request names: a change holds their locks,
+    # and a token limited to containers must match every one (see `limited`).
+    locks: Callable[[Any], tuple[str, ...]] = _its_name
+    # Those of them it brings into being (a create's or clone's new name): outside a limited
+    # token's patterns they are forbidden whether taken or free, so nothing tells which.
+    makes: Callable[[Any], tuple[str, ...]] = _nothing
+    limited: Limited = Limited.NAMED
+    # The code a missing container gets from this op's method (Containers._existing):
+    # a container a limited token may not see gets the very same answer.
+    missing: str = "no-such-container"
     # Its own deadline instead of the frontend's wait - DEADLINE_MARGIN / [helperd.op_timeouts].
     own_deadline: Callable[[HelperConfig], float] | None = None
     # Run (isolated) on the target after a missed deadline, and by recovery on a target left
@@ -111,8 +133,9 @@ async def create_token(h: Helper, req: ops.CreateToken, actor: Actor) -> Any:
         raise LwpError("forbidden", "a token can only create tokens of its own scope or lower")
     # On the store's own thread: a commit and a publish (fsyncs) must not stall the loop.
     token_id, token = await h.tokens.run(h.tokens.create, req.token, req.description,
-                                         req.scope, req.expires)
-    log.info("token %d (%s, %s) created by %s", token_id, req.description, req.scope,
+                                         req.scope, req.expires, req.containers)
+    log.info("token %d (%s, %s, containers %s) created by %s", token_id, req.description,
+             req.scope, "all" if req.containers is None else ",".join(req.containers),
              actor.description)
     # The token goes back only when the helper generated it: a client-chosen one it already has.
     return {"id": token_id, "token": token if req.token is None else None}
@@ -220,9 +243,35 @@ def _name_and_source(request: ops.CloneContainer) -> tuple[str, ...]:
     return (request.name, request.source)
 
 
+def only_visible(result: list[dict[str, Any]],
+                 patterns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A listing cut to what a limited token may see (Limited.LISTED)."""
+    return [item for item in result if rules.in_patterns(item["container"], patterns)]
+
+
+def check_limited(rule: Rule, request: Any, patterns: tuple[str, ...]) -> None:
+    """Refuse what a token limited to `patterns` may not do; answer a container it may not
+    see exactly as one that does not exist (the same code and message, before any other
+    check of the op: the op's own method would give that answer first)."""
+    if rule.limited is Limited.NEVER:
+        raise LwpError("forbidden", "Forbidden: a token limited to containers cannot do this")
+    if rule.limited is Limited.LISTED:
+        return
+    made = rule.makes(request)
+    names = rule.locks(request)
+    for name in names:  # the existing ones first, as the ops themselves look at them first
+        if name not in made and not rules.in_patterns(name, patterns):
+            raise errors.missing_container(name, rule.missing)
+    for name in made:
+        if not rules.in_patterns(name, patterns):
+            raise LwpError("forbidden", f"Forbidden: {name!r} is outside this token's "
+                                        "containers")
+
+
 READ, HOST_READ, LIVE = Kind.READ, Kind.HOST_READ, Kind.LIVE
 TOKEN_READ, TOKEN_CHANGE, CONTAINER_CHANGE = Kind.TOKEN_READ, Kind.TOKEN_CHANGE, \
     Kind.CONTAINER_CHANGE
+NEVER = Limited.NEVER
 
 # The policy. A frame that decodes to an op runs exactly what its row says, after the server has
 # verified the token, the op's scope (protocol.ops.OPS), the token's rate and the trail's free
@@ -231,8 +280,9 @@ TOKEN_READ, TOKEN_CHANGE, CONTAINER_CHANGE = Kind.TOKEN_READ, Kind.TOKEN_CHANGE,
 # method (on Containers for a container read or change; here for the rest), add its Rule. Nothing
 # else dispatches: test_tables proves RULES and protocol's OPS name the same ops.
 RULES: dict[str, Rule] = {rule.name: rule for rule in (
-    Rule("list_containers", LIVE, list_containers),
-    Rule("container_info", READ, Containers.container_info),
+    Rule("list_containers", LIVE, list_containers, locks=_nothing,
+         limited=Limited.LISTED),
+    Rule("container_info", READ, Containers.container_info, missing="not-found"),
     Rule("start_container", CONTAINER_CHANGE, Containers.start_container),
     Rule("stop_container", CONTAINER_CHANGE, Containers.stop_container),
     # liblxc's freeze can wait for ever on a cgroup stuck in FREEZING: a deadline of its own,
@@ -243,24 +293,26 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule("unfreeze_container", CONTAINER_CHANGE, Containers.unfreeze_container),
     Rule("restart_container", CONTAINER_CHANGE, Containers.restart_container),
     Rule("create_container", CONTAINER_CHANGE, Containers.create_container,
-         builds_rootfs=TEMPLATE),
+         builds_rootfs=TEMPLATE, makes=_its_name),
     Rule("clone_container", CONTAINER_CHANGE, Containers.clone_container, builds_rootfs=COPY,
-         locks=_name_and_source),
+         locks=_name_and_source, makes=_its_name),
     Rule("destroy_container", CONTAINER_CHANGE, Containers.destroy_container),
-    Rule("create_token", TOKEN_CHANGE, create_token),
-    Rule("revoke_token", TOKEN_CHANGE, revoke_token),
-    Rule("list_tokens", TOKEN_READ, list_tokens),
-    Rule("query_audit", HOST_READ, query_audit),
-    Rule("host_report", HOST_READ, host_report),
-    Rule("container_config", READ, Containers.container_config),
+    # Tokens, the trail and the host speak of every container: none for a limited token.
+    Rule("create_token", TOKEN_CHANGE, create_token, locks=_nothing, limited=NEVER),
+    Rule("revoke_token", TOKEN_CHANGE, revoke_token, locks=_nothing, limited=NEVER),
+    Rule("list_tokens", TOKEN_READ, list_tokens, locks=_nothing, limited=NEVER),
+    Rule("query_audit", HOST_READ, query_audit, locks=_nothing, limited=NEVER),
+    Rule("host_report", HOST_READ, host_report, locks=_nothing, limited=NEVER),
+    Rule("container_config", READ, Containers.container_config, missing="not-found"),
     Rule("set_container_config", CONTAINER_CHANGE, Containers.set_container_config),
-    Rule("list_templates", HOST_READ, list_templates),
-    Rule("subscribe_events", LIVE, subscribe_events),
-    Rule("helper_metrics", LIVE, helper_metrics),
+    Rule("list_templates", HOST_READ, list_templates, locks=_nothing),  # names no container
+    # The stream and the metrics speak of every container: not for a limited token (yet).
+    Rule("subscribe_events", LIVE, subscribe_events, locks=_nothing, limited=NEVER),
+    Rule("helper_metrics", LIVE, helper_metrics, locks=_nothing, limited=NEVER),
     # Sessions (#15): tokens of kind `session`; signing in needs no token (ops.ANONYMOUS_OPS).
-    Rule("create_session", TOKEN_CHANGE, create_session),
-    Rule("end_session", TOKEN_CHANGE, end_session),
-    Rule("session_info", TOKEN_READ, session_info),
+    Rule("create_session", TOKEN_CHANGE, create_session, locks=_nothing),
+    Rule("end_session", TOKEN_CHANGE, end_session, locks=_nothing),
+    Rule("session_info", TOKEN_READ, session_info, locks=_nothing),
 )}
 
 

@@ -67,6 +67,9 @@ class Actor:
     token_id: int | None  # None: root on the host, through the admin CLI
     description: str
     scope: str
+    # The name patterns of the only containers it may see; None: every container. Recorded
+    # in the audit actor of every record of its requests, so the trail shows the limit.
+    containers: tuple[str, ...] | None = None
 
 
 class _Slot:
@@ -317,6 +320,9 @@ class Helper:
         call.set_actor(**dataclasses.asdict(actor))  # who asked, even if the scope refuses
         if not rules.scope_allows(actor.scope, envelope.op.scope):
             raise LwpError("forbidden", "Forbidden")
+        if actor.containers is not None:  # whatever the frontend checked: the helper decides
+            policy.check_limited(policy.RULES[envelope.op.name], envelope.request,
+                                 actor.containers)
         return actor
 
     def identify(self, envelope: ops.Envelope, peer: Peer) -> Actor:
@@ -332,7 +338,7 @@ class Helper:
         record = self.tokens.verify(envelope.token)
         if record is None:
             raise LwpError("unauthorized", "Unauthorized")
-        return Actor(record.id, record.description, record.scope)
+        return Actor(record.id, record.description, record.scope, record.containers)
 
     @functools.cached_property
     def password_check(self) -> sessions.PasswordCheck:
@@ -354,14 +360,21 @@ class Helper:
     # -- running work, as the request's rule says ------------------------------------------
 
     async def dispatch(self, rule: Rule, request: Any, actor: Actor) -> Any:
-        """Call the rule's method on what its kind names, where its kind runs it."""
+        """Call the rule's method on what its kind names, where its kind runs it; a listing
+        is cut to what a token limited to containers may see."""
+        result = await self._call(rule, request, actor)
+        if actor.containers is not None and rule.limited is policy.Limited.LISTED:
+            return policy.only_visible(result, actor.containers)
+        return result
+
+    async def _call(self, rule: Rule, request: Any, actor: Actor) -> Any:
         if rule.kind is Kind.CONTAINER_CHANGE:
             return await self.change(rule, request)
         if rule.kind is Kind.READ:
             return await self.read(rule, rule.call, self.containers, request)
         if rule.kind is Kind.HOST_READ:
             return await self.read(rule, rule.call, self, request)
-        return await rule.call(self, request, actor)  # the token store runs its own thread
+        return await rule.call(self, request, actor)  # the token store and the live table
 
     async def read(self, rule: Rule, call: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()

@@ -161,7 +161,8 @@ class TokenStore:
         return record
 
     def create(self, token: str | None, description: str, scope: str,
-               expires: float | None) -> tuple[int, str]:
+               expires: float | None,
+               containers: tuple[str, ...] | None = None) -> tuple[int, str]:
         """Register a token (generating one when None); returns its id and the token.
 
         Blocking (a commit and a publish, with their fsyncs): the helper calls it through run()."""
@@ -173,9 +174,10 @@ class TokenStore:
         with self._lock:
             try:
                 cur = self._db.execute(
-                    "INSERT INTO tokens (digest, description, scope, created, expires) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (tokens.digest(self.key, token), description, scope, time.time(), expires))
+                    "INSERT INTO tokens (digest, description, scope, created, expires, "
+                    "containers) VALUES (?, ?, ?, ?, ?, ?)",
+                    (tokens.digest(self.key, token), description, scope, time.time(), expires,
+                     tokens.encode_containers(containers)))
             except sqlite3.IntegrityError:
                 raise LwpError("token-exists", "that token is already registered") from None
             self._publish()
@@ -190,6 +192,7 @@ class TokenStore:
         secret = GENERATED_PREFIX + secrets.token_urlsafe(32)
         now = time.time()
         expires = now + lifetime
+        containers = None
         with self._lock:
             if parent is not None:
                 owner = self._by_id(parent)
@@ -197,11 +200,13 @@ class TokenStore:
                     raise LwpError("unauthorized", "Unauthorized")
                 if owner.expires is not None:
                     expires = min(expires, owner.expires)
+                # A session is never more than the token it was exchanged for.
+                containers = owner.containers
             cur = self._db.execute(
                 "INSERT INTO tokens (digest, description, scope, created, expires, kind, user, "
-                "idle, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "idle, parent, containers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (tokens.digest(self.key, secret), description, scope, now, expires,
-                 tokens.SESSION, user, idle, parent))
+                 tokens.SESSION, user, idle, parent, tokens.encode_containers(containers)))
             self._publish()
         assert cur.lastrowid is not None
         return cur.lastrowid, secret

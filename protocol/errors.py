@@ -44,3 +44,9 @@ class LwpError(Exception):
 def invalid(field: str, why: str) -> LwpError:
     """An `invalid-request` error that names the offending field."""
     return LwpError("invalid-request", f"{field}: {why}")
+
+
+def missing_container(name: str, code: str = "no-such-container") -> LwpError:
+    """The one answer for a container that does not exist, or that the token may not see:
+    the two must not differ by a character (issue #13)."""
+    return LwpError(code, f"container {name!r} does not exist")

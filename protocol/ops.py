@@ -162,10 +162,14 @@ class CreateToken:
     description: str = ""
     scope: str = "admin"
     expires: float | None = None
+    # Name patterns (rules.container_patterns) of the only containers it will see; None: all.
+    containers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.token is not None:
             rules.token_secret(self.token, TOKEN_FLOOR)
+        if self.containers is not None:
+            rules.container_patterns(self.containers)
         rules.description(self.description)
         rules.scope_name(self.scope)
         if self.expires is not None:

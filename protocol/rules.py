@@ -6,6 +6,7 @@ as a template argument (it can never be read as an option of liblxc or of the te
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 import shlex
@@ -62,6 +63,11 @@ HELPER_OPTIONS: dict[str, frozenset[str]] = {"debian": frozenset({"mirror"})}
 # A mirror the helper may be configured with: http(s), host, port, path; nothing a shell, a
 # sources.list line or wget would read otherwise (the template writes it into both).
 MIRROR_RE = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]{0,200})?")
+
+# A token's containers: fnmatch patterns, each a container name in which `*` and `?` may stand
+# for characters (never `[`: one wildcard vocabulary). Case-sensitive, as names are.
+PATTERN_RE = re.compile(r"[A-Za-z0-9*?][A-Za-z0-9_.*?-]{0,63}")
+MAX_PATTERNS = 32
 
 # Characters of a refused client value that an error message repeats.
 QUOTE_MAX = 40
@@ -137,6 +143,24 @@ def container_name(value: str, field: str = "name") -> str:
         raise invalid(field, "must be 1-64 characters of A-Z a-z 0-9 _ . -, "
                              "starting with a letter or digit")
     return value
+
+
+def container_patterns(values: Sequence[str], field: str = "containers") -> tuple[str, ...]:
+    """The containers a token is limited to: 1-MAX_PATTERNS patterns by PATTERN_RE (a token
+    for all containers has none at all, never an empty list)."""
+    if not 1 <= len(values) <= MAX_PATTERNS:
+        raise invalid(field, f"must be 1-{MAX_PATTERNS} name patterns (omit it for all "
+                             "containers)")
+    for value in values:
+        if not PATTERN_RE.fullmatch(value):
+            raise invalid(field, f"{shown(value)} is not a container name, with * or ? "
+                                 "standing for characters")
+    return tuple(values)
+
+
+def in_patterns(name: str, patterns: Sequence[str]) -> bool:
+    """Whether a container name is one a token limited to `patterns` may see."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def template_name(value: str) -> str:

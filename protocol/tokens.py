@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import sqlite3
 import urllib.parse
@@ -32,14 +33,16 @@ CREATE TABLE IF NOT EXISTS tokens (
     kind TEXT NOT NULL DEFAULT 'api',
     user TEXT,
     idle REAL,
-    parent INTEGER
+    parent INTEGER,
+    containers TEXT
 )"""
 # A constant, interpolated into queries (never client input: hence the S608 waivers).
-COLUMNS = "id, digest, description, scope, created, expires, last_used, kind, user, idle, parent"
-# Columns later versions added, as ALTER TABLE adds them to an older store (upgrade()):
-# a store written before sessions existed holds API tokens only, which the defaults say.
+COLUMNS = ("id, digest, description, scope, created, expires, last_used, kind, user, idle, "
+           "parent, containers")
+# Columns later versions added, as ALTER TABLE adds them to an older store (upgrade()): a
+# store written before them holds unlimited API tokens only, which the defaults say.
 ADDED_COLUMNS = {"kind": "TEXT NOT NULL DEFAULT 'api'", "user": "TEXT", "idle": "REAL",
-                 "parent": "INTEGER"}
+                 "parent": "INTEGER", "containers": "TEXT"}
 API = "api"  # a token an admin made: presented in a header or the query
 SESSION = "session"  # a browser's sign-in: presented only in the session cookie
 
@@ -56,11 +59,34 @@ class TokenRecord:
     user: str | None = None  # a session's account name (None: exchanged from a token)
     idle: float | None = None  # a session ends after this many seconds without a request
     parent: int | None = None  # the API token a session was exchanged for; ends with it
+    # The name patterns of the only containers it may see (rules.container_patterns); None:
+    # every container. A limited token is also refused tokens, the trail and the host report.
+    containers: tuple[str, ...] | None = None
 
     def public(self) -> dict[str, object]:
         """What may be shown about a token: everything but its secret, which we never have."""
         return {"id": self.id, "description": self.description, "scope": self.scope,
-                "created": self.created, "expires": self.expires, "last_used": self.last_used}
+                "created": self.created, "expires": self.expires, "last_used": self.last_used,
+                "containers": None if self.containers is None else list(self.containers)}
+
+
+def encode_containers(patterns: tuple[str, ...] | None) -> str | None:
+    """The containers column: a JSON list of patterns, or NULL for every container."""
+    return None if patterns is None else json.dumps(list(patterns))
+
+
+def decode_containers(text: str | None) -> tuple[str, ...] | None:
+    """The column read back. Written by the helper alone, from validated patterns; a value
+    that is not a list of strings fails closed (the empty tuple: no container matches)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return ()
+    return tuple(value)
 
 
 def digest(key: bytes, token: str) -> bytes:
@@ -100,13 +126,15 @@ def fd_identity(fd: int) -> tuple[int, int, int, int]:
 
 
 def row_record(row: tuple[Any, ...]) -> TokenRecord:
-    id_, _digest, description, scope, created, expires, last_used, kind, user, idle, parent = row
+    (id_, _digest, description, scope, created, expires, last_used, kind, user, idle, parent,
+     containers) = row
     return TokenRecord(int(id_), str(description), str(scope), float(created),
                        None if expires is None else float(expires),
                        None if last_used is None else float(last_used), str(kind),
                        None if user is None else str(user),
                        None if idle is None else float(idle),
-                       None if parent is None else int(parent))
+                       None if parent is None else int(parent),
+                       decode_containers(containers))
 
 
 def upgrade(conn: sqlite3.Connection) -> list[str]:

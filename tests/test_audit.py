@@ -128,7 +128,8 @@ def test_outcome_table_covers_every_error_code() -> None:
 def test_token_ops_record_no_secret() -> None:
     secret = "s3cret-token-value-0123456789"
     made = audit.args_of(ops.CreateToken(token=secret, description="ci", scope="read"))
-    assert made == {"description": "ci", "scope": "read", "expires": None, "token_chosen": True}
+    assert made == {"description": "ci", "scope": "read", "expires": None, "token_chosen": True,
+                    "containers": None}
     revoked = audit.args_of(ops.RevokeToken(token=secret))
     assert revoked == {"by": "token", "id": None}
     assert secret not in json.dumps([made, revoked])

@@ -296,6 +296,8 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "outcome": st.sampled_from(["ok", "denied", "invalid", "error", "timeout"]),
     "limit": st.integers(1, 500),
     "cursor": st.integers(0, 2**40),
+    "containers": st.lists(st.from_regex(rules.PATTERN_RE, fullmatch=True), min_size=1,
+                           max_size=rules.MAX_PATTERNS).map(tuple),
 }
 
 

@@ -51,8 +51,13 @@ class Call:
             if isinstance(value, str) and value.isprintable():
                 self.base[field] = value[:limit]
 
-    def set_actor(self, token_id: int | None, description: str, scope: str) -> None:
-        self.base["actor"] = {"token_id": token_id, "description": description, "scope": scope}
+    def set_actor(self, token_id: int | None, description: str, scope: str,
+                  containers: tuple[str, ...] | None = None) -> None:
+        actor: dict[str, Any] = {"token_id": token_id, "description": description,
+                                 "scope": scope}
+        if containers is not None:  # a limited token's patterns; absent: every container
+            actor["containers"] = list(containers)
+        self.base["actor"] = actor
 
     async def begin(self, meta: dict[str, Any]) -> None:
         """The `start` record of a mutation, durable before the liblxc call is made."""

@@ -86,7 +86,8 @@ def _jsonable(value: Any) -> Any:
 def _create_token_args(req: ops.CreateToken) -> dict[str, Any]:
     # Never the token: only whether the client chose it.
     return {"description": req.description, "scope": req.scope, "expires": _jsonable(req.expires),
-            "token_chosen": req.token is not None}
+            "token_chosen": req.token is not None,
+            "containers": None if req.containers is None else list(req.containers)}
 
 
 def _revoke_token_args(req: ops.RevokeToken) -> dict[str, Any]:
