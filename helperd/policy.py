@@ -60,6 +60,7 @@ class Limited(enum.Enum):
              "exists outside is answered as missing, a new name outside is forbidden")
     LISTED = "its result lists only the containers that match"
     NEVER = "refused: tokens, the trail and the host report are for unlimited tokens only"
+    UNNAMED = "names no container and tells of none: the same for every token"
 
 
 def _its_name(request: Any) -> tuple[str, ...]:
@@ -255,7 +256,7 @@ def check_limited(rule: Rule, request: Any, patterns: tuple[str, ...]) -> None:
     check of the op: the op's own method would give that answer first)."""
     if rule.limited is Limited.NEVER:
         raise LwpError("forbidden", "Forbidden: a token limited to containers cannot do this")
-    if rule.limited is Limited.LISTED:
+    if rule.limited in (Limited.LISTED, Limited.UNNAMED):
         return
     made = rule.makes(request)
     names = rule.locks(request)
@@ -305,14 +306,18 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule("host_report", HOST_READ, host_report, locks=_nothing, limited=NEVER),
     Rule("container_config", READ, Containers.container_config, missing="not-found"),
     Rule("set_container_config", CONTAINER_CHANGE, Containers.set_container_config),
-    Rule("list_templates", HOST_READ, list_templates, locks=_nothing),  # names no container
+    Rule("list_templates", HOST_READ, list_templates, locks=_nothing,
+         limited=Limited.UNNAMED),
     # The stream and the metrics speak of every container: not for a limited token (yet).
     Rule("subscribe_events", LIVE, subscribe_events, locks=_nothing, limited=NEVER),
     Rule("helper_metrics", LIVE, helper_metrics, locks=_nothing, limited=NEVER),
     # Sessions (#15): tokens of kind `session`; signing in needs no token (ops.ANONYMOUS_OPS).
-    Rule("create_session", TOKEN_CHANGE, create_session, locks=_nothing),
-    Rule("end_session", TOKEN_CHANGE, end_session, locks=_nothing),
-    Rule("session_info", TOKEN_READ, session_info, locks=_nothing),
+    Rule("create_session", TOKEN_CHANGE, create_session, locks=_nothing,
+         limited=Limited.UNNAMED),
+    Rule("end_session", TOKEN_CHANGE, end_session, locks=_nothing,
+         limited=Limited.UNNAMED),
+    Rule("session_info", TOKEN_READ, session_info, locks=_nothing,
+         limited=Limited.UNNAMED),
 )}
 
 

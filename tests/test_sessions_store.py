@@ -133,3 +133,16 @@ def test_a_store_from_before_sessions_is_upgraded_and_its_tokens_stay_api_tokens
         assert store.verify(secret) is not None
     finally:
         store.close()
+
+
+@pytest.mark.security
+def test_a_session_exchanged_for_a_limited_token_keeps_its_containers(store: TokenStore) -> None:
+    """Exchanging a token limited to containers for a session must not lift the limit."""
+    token_id, _ = store.create(None, "web only", "operate", None, ("web-*",))
+    _, session = store.create_session(None, "web only", "operate", idle=60, lifetime=600,
+                                      parent=token_id)
+    record = store.verify(session)
+    assert record is not None and record.containers == ("web-*",)
+    _, signed_in = store.create_session("bob", "bob", "operate", idle=60, lifetime=600)
+    bob = store.verify(signed_in)
+    assert bob is not None and bob.containers is None  # a host account: its group's scope
