@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from protocol import framing, ops, rules
+from protocol import framing, ops, rules, session
 from protocol.errors import LwpError
 from tests.conftest import REAL_TEMPLATES
 
@@ -298,6 +298,23 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "cursor": st.integers(0, 2**40),
     "containers": st.lists(st.from_regex(rules.PATTERN_RE, fullmatch=True), min_size=1,
                            max_size=rules.MAX_PATTERNS).map(tuple),
+    # Limits and autostart (a combination a request refuses is skipped by the builders).
+    "memory_limit": st.one_of(st.integers(1 << 20, 1 << 40), st.sampled_from(["512M", "2G"])),
+    "memory_swap_limit": st.one_of(st.integers(1 << 20, 1 << 40), st.just("1T")),
+    "cpus": st.sampled_from(["0", "0-1", "0-1,3"]),
+    "cpu_weight": st.integers(1, 10000),
+    "autostart": st.booleans(),
+    "autostart_delay": st.integers(0, 3600),
+    "autostart_order": st.integers(-10000, 10000),
+    "unset": st.lists(st.sampled_from(["memory_limit", "cpus", "autostart"]), max_size=2,
+                      unique=True).map(tuple),
+    # The events stream's subscription and the sign-in.
+    "types": st.lists(st.sampled_from(["lifecycle", "operation", "audit"]), min_size=1,
+                      max_size=3, unique=True).map(tuple),
+    "after": st.integers(0, 2**40),
+    "after_epoch": st.from_regex(r"[0-9a-f]{16}", fullmatch=True),
+    "username": st.from_regex(session.USER_RE, fullmatch=True),
+    "password": st.text(min_size=1, max_size=64).filter(lambda p: "\0" not in p),
 }
 
 
