@@ -61,11 +61,12 @@ CHECKOUT = "/root/lxc-web-panel"
 PREREQUISITES = ["make", "curl"]
 API_PORT = 5000
 # root's environment at a console (login(1) sets these), without a terminal.
-# And https_proxy, as a host behind a proxy has it (/etc/environment) for HTTPS clients such as
-# the browser tests' fetch of axe-core; loopback is never proxied.
+# And https_proxy and the CA bundle, as a host behind an intercepting proxy has them
+# (/etc/environment) for HTTPS clients such as the browser tests' fetch of axe-core; loopback is
+# never proxied.
 ROOT_LOGIN = [f"PATH={debtest.PATH}", "HOME=/root", "USER=root", "LOGNAME=root",
               "SHELL=/bin/bash", "LANG=C.UTF-8", f"https_proxy={PROXY_URL}",
-              "no_proxy=127.0.0.1,localhost,::1"]
+              "no_proxy=127.0.0.1,localhost,::1", f"SSL_CERT_FILE={GUEST_CA}"]
 # make test's whole output: outside the test's lxcpath, so that it outlives the cleanup.
 MAKE_TEST_LOG = RUN.parent / "lwp-readme-test-make-test.log"
 README_COMMANDS = ["make run", "make test"]  # the README's commands table, in its order
