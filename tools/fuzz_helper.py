@@ -162,6 +162,7 @@ WIRE_EXAMPLES: dict[str, Any] = {
     "expires": 4102444800.0, "id": 7, "since": "2024-05-01T12:00:00Z",
     "until": "2024-05-02", "container": "web-1", "actor": "ci", "op": "start_container",
     "outcome": "ok", "limit": 50, "cursor": 3,
+    "privileged": False,
 }
 
 
