@@ -237,3 +237,48 @@ def test_a_configured_range_wins_and_maps_both_kinds(tmp_path: Any) -> None:
         assert config.load(w.config).allow_privileged is False
     finally:
         destroy_world(w)
+
+
+def test_an_lxcpath_others_cannot_search_is_a_problem_the_doctor_names(
+        fresh_world: World) -> None:
+    """Proven on the real thing: such a container does not start, and the doctor says why."""
+    from helperd import doctor
+    w = fresh_world
+    os.chmod(w.lxcpath, 0o700)
+    found = {f["check"]: f for f in doctor.report(config.load(w.config))}
+    assert found["lxcpath"]["status"] == "problem" and w.lxcpath in found["lxcpath"]["fix"]
+    w.start_helper()
+    name = new_name()
+    assert w.call(ops.CreateContainer(name, "busybox")) == {}
+    with pytest.raises(LwpError) as failed:
+        w.call(ops.StartContainer(name))
+    assert failed.value.code == "operation-failed"
+    os.chmod(w.lxcpath, 0o755)
+    found = {f["check"]: f for f in doctor.report(config.load(w.config))}
+    assert found["lxcpath"]["status"] == "ok"
+    assert w.call(ops.StartContainer(name)) == {}
+
+
+def test_the_doctor_reports_the_range_in_use_against_the_subordinate_id_files(
+        fresh_world: World) -> None:
+    from helperd import doctor
+    configure(fresh_world, idmap="300000 65536", allow_privileged=True)
+    found = {f["check"]: f for f in doctor.report(config.load(fresh_world.config))}
+    for path in ("/etc/subuid", "/etc/subgid"):
+        assert "300000-365535 (from helperd.idmap)" in found[path]["detail"]
+    assert found["privileged containers"]["status"] == "warning"
+
+
+@pytest.mark.parametrize(("ranges", "status"), [
+    ([("root", idmap.IdRange(100000, 65536))], "ok"),
+    ([("root", idmap.IdRange(200000, 65536))], "warning"),  # root has another range
+    ([], "warning"),  # not recorded: usermod would hand it to the next user added
+    ([("root", idmap.IdRange(100000, 65536)), ("alice", idmap.IdRange(165000, 65536))],
+     "problem"),  # alice's user namespaces would share ids with the containers
+])
+def test_the_range_in_use_is_checked_against_roots_and_everyone_elses(
+        ranges: list[tuple[str, idmap.IdRange | None]], status: str) -> None:
+    from helperd import doctor
+    finding = doctor._id_finding("/etc/subuid", idmap.IdRange(100000, 65536), "x", ranges)
+    assert finding.status == status, finding
+    assert status == "ok" or "100000-165535" in finding.fix
