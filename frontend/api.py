@@ -180,7 +180,7 @@ class Api:
         else:
             if body.get("xargs") not in (None, "", []):
                 raise invalid("xargs", "applies to templates only, not to clones")
-            if privileged is not None:
+            if privileged:
                 raise invalid("privileged", "applies to templates only: a clone keeps its "
                                             "source's id map")
             req = ops.CloneContainer(name, clone, store)

@@ -103,7 +103,7 @@ SCHEMAS: dict[str, Any] = {
                   {"required": ["clone"], "properties": {"clone": {"type": "string"},
                                                          "template": {"type": "null"},
                                                          "xargs": {"enum": [None, "", []]},
-                                                         "privileged": {"type": "null"}}}],
+                                                         "privileged": {"enum": [None, False]}}}],
     },
     "TokenRecord": _object(
         ["id", "description", "scope", "created", "expires", "last_used"],

@@ -90,6 +90,7 @@ def narrowed_schema(live: Live, path: str) -> None:
     create["template"] = {"enum": [*TEMPLATES, None]}
     create["store"] = {"enum": [*STORES, None]}
     create["xargs"] = {"enum": [None, "", []]}
+    create["privileged"] = {"enum": [False, None]}  # the world allows no privileged container
     with open(path, "w") as f:
         json.dump(doc, f)
 

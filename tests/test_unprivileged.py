@@ -106,7 +106,7 @@ async def test_privileged_must_be_a_boolean(api: Any, admin: dict[str, str],
 async def test_privileged_with_a_clone_is_400_the_clone_keeps_its_sources_map(
         api: Any, admin: dict[str, str]) -> None:
     r = await api.put("/api/v1/containers", json={"name": new_name(), "clone": "t-whatever",
-                                                  "privileged": False}, headers=admin)
+                                                  "privileged": True}, headers=admin)
     assert r.status == 400
     assert "source's id map" in (await r.json())["error"]
 
