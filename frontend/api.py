@@ -195,11 +195,14 @@ class Api:
     async def create_container(self, request: web.Request) -> web.Response:
         self.permit(request)
         body = await json_object(request)
-        _no_others(body, {"name", "template", "clone", "store", "xargs"})
+        _no_others(body, {"name", "template", "clone", "store", "xargs", "privileged"})
         name = field(body, "name", str)
         template = field(body, "template", str, required=False)
         clone = field(body, "clone", str, required=False)
         store = field(body, "store", str, required=False)
+        privileged = body.get("privileged")
+        if privileged is not None and not isinstance(privileged, bool):
+            raise invalid("privileged", "must be true or false")
         if (template is None) == (clone is None):
             raise invalid("template", "give exactly one of template or clone")
         req: Any
@@ -208,10 +211,13 @@ class Api:
             if isinstance(xargs, list) and not all(isinstance(x, str) for x in xargs):
                 raise invalid("xargs", "must be a string or a list of strings")
             words = tuple(rules.split_xargs(xargs)) if xargs is not None else ()
-            req = ops.CreateContainer(name, template, store, words)
+            req = ops.CreateContainer(name, template, store, words, bool(privileged))
         else:
             if body.get("xargs") not in (None, "", []):
                 raise invalid("xargs", "applies to templates only, not to clones")
+            if privileged:
+                raise invalid("privileged", "applies to templates only: a clone keeps its "
+                                            "source's id map")
             req = ops.CloneContainer(name, clone, store)
         await self.call(request, req)
         return web.json_response(OK)
@@ -361,7 +367,8 @@ ROUTES = (
           "containers and their states", "ContainerList"),
     Route("PUT", "/api/v1/containers", Api.create_container,
           (ops.CreateContainer, ops.CloneContainer),
-          "create a container from a template or as a clone (synchronous)", "Ok",
+          "create a container from a template (unprivileged unless `privileged` is asked for "
+          "and allowed) or as a clone (synchronous)", "Ok",
           body="CreateContainer", errors=(409, 500)),
     Route("GET", CONTAINER, Api.container_info, (ops.ContainerInfo,),
           "a container's state and usage", "ContainerInfo", errors=(400, 404)),

@@ -62,6 +62,8 @@ def _object(required: list[str], **properties: Any) -> dict[str, Any]:
 
 
 OK = _object(["status"], status={"type": "string", "enum": ["ok"]})
+PRIVILEGED = {"type": "boolean",
+              "description": "no id map: root in the container is root on the host"}
 SCHEMAS: dict[str, Any] = {
     "Error": _object(["status", "error", "code"],
                      status={"type": "string", "enum": ["error"]},
@@ -71,12 +73,12 @@ SCHEMAS: dict[str, Any] = {
     "ContainerList": {"type": "array", "items": _object(
         ["container", "state"], container=NAME, state={"type": "string", "enum": list(STATES)})},
     "ContainerInfo": {"oneOf": [
-        _object(["name", "state", "pid"], name=NAME,
+        _object(["name", "state", "pid", "privileged"], name=NAME,
                 state={"type": "string", "enum": ["STOPPED"]},
-                pid={"type": "integer", "enum": [0]}),
+                pid={"type": "integer", "enum": [0]}, privileged=PRIVILEGED),
         _object(["name", "state", "pid", "ip", "link", "cpu_use", "memory_use", "kmem_use",
-                 "blkio_use", "rx_bytes", "tx_bytes", "total_bytes"],
-                name=NAME,
+                 "blkio_use", "rx_bytes", "tx_bytes", "total_bytes", "privileged"],
+                name=NAME, privileged=PRIVILEGED,
                 state={"type": "string",
                        "enum": [s.upper() for s in STATES if s != "stopped"]},
                 pid={"type": "string", "pattern": "^[0-9]+$"},
@@ -98,13 +100,18 @@ SCHEMAS: dict[str, Any] = {
                                   "configuration allows for that template",
                    "oneOf": [{"type": ["string", "null"]},
                              {"type": "array", "items": {"type": "string"},
-                              "maxItems": rules.MAX_XARGS * 2}]}),
+                              "maxItems": rules.MAX_XARGS * 2}]},
+            privileged={"type": ["boolean", "null"],
+                        "description": "make it without an id map (root in it is root on "
+                                       "the host): refused unless the helper's configuration "
+                                       "allows it (helperd.allow_privileged); templates only"}),
         # Exactly one source (null counts as absent); xargs belong to templates only.
         "oneOf": [{"required": ["template"], "properties": {"template": {"type": "string"},
                                                             "clone": {"type": "null"}}},
                   {"required": ["clone"], "properties": {"clone": {"type": "string"},
                                                          "template": {"type": "null"},
-                                                         "xargs": {"enum": [None, "", []]}}}],
+                                                         "xargs": {"enum": [None, "", []]},
+                                                         "privileged": {"enum": [None, False]}}}],
     },
     "TokenRecord": _object(
         ["id", "description", "scope", "created", "expires", "last_used", "containers"],

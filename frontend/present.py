@@ -19,7 +19,8 @@ def size(v: int) -> str:
 
 def container_info(info: dict[str, Any]) -> dict[str, Any]:
     if info["state"] == "STOPPED":
-        return {"name": info["name"], "state": info["state"], "pid": 0}
+        return {"name": info["name"], "state": info["state"], "pid": 0,
+                "privileged": info["privileged"]}
     return {
         "name": info["name"],
         "state": info["state"],
@@ -33,4 +34,5 @@ def container_info(info: dict[str, Any]) -> dict[str, Any]:
         "rx_bytes": size(info["rx_bytes"]),
         "tx_bytes": size(info["tx_bytes"]),
         "total_bytes": size(info["rx_bytes"] + info["tx_bytes"]),
+        "privileged": info["privileged"],
     }

@@ -11,6 +11,7 @@ import pwd
 from dataclasses import dataclass, field
 
 from helperd import templates as host
+from helperd.idmap import IdMap, choose_idmap
 from helperd.sessions import SessionPolicy, load_policy
 from protocol import config, ops, rules
 from protocol.config import ConfigError
@@ -62,6 +63,10 @@ class HelperConfig:
     first_frame_timeout: float  # seconds a new connection has to send its first frame header
     max_connections_per_uid: int  # connections one non-root uid may hold at once
     root_reserved_connections: int  # of max_connections, slots only root (the CLI) may use
+    # Issue #13: new containers are mapped into this range (helperd/idmap.py) unless privileged
+    # ones are allowed here and asked for by an admin.
+    idmap: IdMap
+    allow_privileged: bool
     # Browser sessions ([helperd.session]): the group map, lifetimes, the refusal delay.
     session: SessionPolicy = field(default_factory=SessionPolicy)
 
@@ -214,6 +219,8 @@ def load(path: str | None) -> HelperConfig:
         max_connections_per_uid=sec.get("max_connections_per_uid", int,
                                         min(48, max_connections - root_reserved)),
         root_reserved_connections=root_reserved,
+        idmap=choose_idmap(sec.get("idmap", str, "") if "idmap" in sec.data else None),
+        allow_privileged=sec.get("allow_privileged", bool, False),
         session=load_policy(sec.section("session")),
     )
     for key in ("lxcpath", "templates_dir", "state_dir", "audit_dir", "audit_key_file"):

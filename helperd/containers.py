@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Set
 from typing import Any
 
+import _lxc
 import lxc
 
 from helperd import cgrouplimits, cgroupstats, lxclog, monitor, netaddr, rootfs, templates
@@ -130,7 +131,8 @@ class Containers:
     def container_info(self, req: ops.ContainerInfo) -> dict[str, Any]:
         name = req.name
         c = self._existing(name, "not-found")
-        stopped = {"name": name, "state": "STOPPED", "pid": 0}
+        privileged = _privileged(c)
+        stopped = {"name": name, "state": "STOPPED", "pid": 0, "privileged": privileged}
         lxcpath = self.cfg.lxcpath
         try:
             state = monitor.state(lxcpath, name)
@@ -151,7 +153,7 @@ class Containers:
         return {"name": name, "state": state, "pid": pid, "ip": ip,
                 "link": _config_item(c.get_config_item, "lxc.net.0.link"),
                 # Seen from the container: what it receives is what the host side sends.
-                "rx_bytes": host_tx, "tx_bytes": host_rx, **stats}
+                "rx_bytes": host_tx, "tx_bytes": host_rx, "privileged": privileged, **stats}
 
     # -- state changes (run in a worker process: helperd/policy.py's RULES, isolate.py) -----
 
@@ -287,15 +289,31 @@ class Containers:
         # Last, after the client's: templates keep the last value given (and parse_xargs
         # refused these options, and any prefix of them, from the client anyway).
         pairs += self.cfg.helper_options.get(req.template, ())
+        self._check_privilege(req)
         c = self._absent(req.name)
         c.clear_config()
         if not c.load_config(self.cfg.default_config):
             raise LwpError("operation-failed", "the default container config cannot be read")
+        # The mapping is the helper's to choose, not the default config's.
+        c.clear_config_item("lxc.idmap")
+        if not req.privileged:
+            _set_idmap(c, self.cfg.idmap.lines())
         with self._no_remains(req.name):
             _log_to_output(c)
             if not c.create(template, 0, rules.render_xargs(pairs), bdevtype=store):
                 raise LwpError("operation-failed", f"template {req.template!r} failed")
             _save_with_own_log(c, self.cfg.lxcpath, req.name)  # create saved this job's
+
+    def _check_privilege(self, req: ops.CreateContainer) -> None:
+        """Unprivileged unless asked for and allowed; a template that refuses user namespaces
+        says so before it runs."""
+        if req.privileged and not self.cfg.allow_privileged:
+            raise invalid("privileged", "privileged containers are not allowed on this host "
+                                        "(helperd.allow_privileged)")
+        why = templates.USERNS_REFUSED.get(req.template)
+        if not req.privileged and why is not None:
+            raise invalid("template", f"{req.template!r} cannot make unprivileged containers: "
+                                      f"{why}")
 
     def clone_container(self, req: ops.CloneContainer) -> None:
         store = self._store(req.store)
@@ -502,6 +520,25 @@ def _log_to_output(c: Any) -> None:
     """liblxc's errors during this job go to its output, for the error message (lxclog.py)."""
     for key, value in zip(lxclog.KEYS, (lxclog.WORKER_OUTPUT, lxclog.LEVEL), strict=True):
         c.set_config_item(key, value)
+
+
+def _privileged(c: Any) -> bool:
+    """As liblxc decides: a container without an id map runs as host root. (The C binding:
+    python3-lxc's getter splits several lines into a list, or not, by a trailing newline.)"""
+    try:
+        value = _lxc.Container.get_config_item(c, "lxc.idmap")
+    except KeyError:
+        return True
+    return not (isinstance(value, str) and value.strip())
+
+
+def _set_idmap(c: Any, lines: list[str]) -> None:
+    """Add every lxc.idmap line. Through the C binding: python3-lxc's set_config_item clears a
+    key before setting it, and then reads a two-line value back as not what it set and
+    undoes it all."""
+    for line in lines:
+        if not _lxc.Container.set_config_item(c, "lxc.idmap", line):
+            raise LwpError("operation-failed", f"liblxc refused lxc.idmap = {line}")
 
 
 def _save_with_own_log(c: Any, lxcpath: str, name: str) -> None:

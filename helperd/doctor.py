@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from helperd import templates
+from helperd import idmap, templates
 from helperd.config import HelperConfig
 from helperd.containers import default_network, lxc_version
 from protocol import VERSION
+from protocol.config import ConfigError
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 GiB = 1 << 30
@@ -96,20 +97,66 @@ def apparmor(_cfg: HelperConfig) -> list[Finding]:
     return [Finding("apparmor", OK, "AppArmor is enabled and apparmor_parser is installed")]
 
 
-def id_ranges(_cfg: HelperConfig) -> list[Finding]:
+def id_ranges(cfg: HelperConfig) -> list[Finding]:
+    """The range new containers are mapped into (helperd/idmap.py), against the subordinate id
+    files: recorded there for root, given to no one else."""
     found = []
-    for path in ("/etc/subuid", "/etc/subgid"):
+    for kind, used in (("u", cfg.idmap.uid), ("g", cfg.idmap.gid)):
+        path = idmap.SUBID_FILES[kind]
         try:
-            with open(path) as f:
-                ranges = [line.strip() for line in f if line.startswith("root:")]
-        except OSError:
+            ranges = idmap.subid_ranges(path)
+        except FileNotFoundError:
             ranges = []
-        if ranges:
-            found.append(Finding(path, OK, f"root has {', '.join(ranges)}"))
-        else:
-            found.append(Finding(path, WARNING, "no range for root: unprivileged containers "
-                                 "need one", f"usermod --add-sub{path[-3:]}s 100000-165535 root"))
+        except (OSError, UnicodeDecodeError, ConfigError) as exc:
+            found.append(Finding(path, PROBLEM, f"cannot be read: {exc}", f"fix {path}"))
+            continue
+        found.append(_id_finding(path, used, cfg.idmap.source, ranges))
+    if cfg.allow_privileged:
+        found.append(Finding("privileged containers", WARNING, "helperd.allow_privileged is "
+                             "set: admin tokens may make containers whose root is host root",
+                             "remove helperd.allow_privileged unless a template needs it"))
     return found
+
+
+def lxcpath_reachable(cfg: HelperConfig) -> list[Finding]:
+    """An id-mapped container's root is an unprivileged uid on the host: liblxc mounts its
+    rootfs as that uid, which must be able to pass through every directory up to lxcpath."""
+    path = os.path.abspath(cfg.lxcpath)
+    while not os.path.exists(path):  # not made yet: liblxc makes it 0755
+        path = os.path.dirname(path)
+    closed = []
+    while True:
+        st = os.stat(path)
+        if not st.st_mode & 0o001 and st.st_uid != cfg.idmap.uid.start:
+            closed.append(path)
+        if path == "/":
+            break
+        path = os.path.dirname(path)
+    if closed:
+        return [Finding("lxcpath", PROBLEM, f"{', '.join(closed)}: not searchable by others, "
+                        "so unprivileged containers under it cannot start",
+                        f"chmod o+x {' '.join(closed)}")]
+    return [Finding("lxcpath", OK, f"{cfg.lxcpath} is reachable by unprivileged containers")]
+
+
+def _id_finding(path: str, used: idmap.IdRange, source: str,
+                ranges: list[tuple[str, idmap.IdRange | None]]) -> Finding:
+    what = f"new containers map root to {used} (from {source})"
+    add = f"usermod --add-sub{path[-3:]}s {used} root"
+    roots = [r for name, r in ranges if name in idmap.SUBID_USERS and r is not None]
+    others = sorted(name for name, r in ranges if name not in idmap.SUBID_USERS
+                    and r is not None and r.start < used.end and used.start < r.end)
+    if others:
+        return Finding(path, PROBLEM, f"{what}, which overlaps the range of "
+                       f"{', '.join(others)}: their user namespaces share ids with containers",
+                       f"set helperd.idmap to a range no one else has, and {add}")
+    if not any(r.start <= used.start and used.end <= r.end for r in roots):
+        return Finding(path, WARNING, f"{what}, not recorded for root here: it may be given "
+                       "to a user later", add)
+    if used.count < 65536:
+        return Finding(path, WARNING, f"{what}: fewer than 65536 ids (nobody is 65534 in "
+                       "most distributions)", "give root a range of 65536 ids")
+    return Finding(path, OK, f"{what}, recorded for root")
 
 
 def template_checks(cfg: HelperConfig) -> list[Finding]:
@@ -151,6 +198,7 @@ def versions(_cfg: HelperConfig) -> list[Finding]:
 
 
 CHECKS: tuple[Check, ...] = (versions, cgroups, bridge, lxc_net, apparmor, id_ranges,
+                             lxcpath_reachable,
                              template_checks, free_space)
 
 

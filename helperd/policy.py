@@ -258,6 +258,9 @@ def check_limited(rule: Rule, request: Any, patterns: tuple[str, ...]) -> None:
         raise LwpError("forbidden", "Forbidden: a token limited to containers cannot do this")
     if rule.limited in (Limited.LISTED, Limited.UNNAMED):
         return
+    if getattr(request, "privileged", False):  # root in it is root on the host: unlimited only
+        raise LwpError("forbidden", "Forbidden: a token limited to containers cannot make a "
+                                    "privileged container")
     made = rule.makes(request)
     names = rule.locks(request)
     for name in names:  # the existing ones first, as the ops themselves look at them first

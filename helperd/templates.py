@@ -38,6 +38,11 @@ PREREQUISITES: dict[str, tuple[Needs, ...]] = {
     "debian": (Needs("debootstrap", "debootstrap"), Needs("wget", "wget"),
                Needs("debian-distro-info", "distro-info"), Needs("rsync", "rsync")),
 }
+# Templates that refuse to run for an id-mapped container, and what they say (issue #13).
+USERNS_REFUSED = {
+    "debian": "lxc-debian refuses user namespaces (it would need mknod and real root); ask "
+              "for \"privileged\": true where helperd.allow_privileged is set",
+}
 # The package that installs lxc-<template> in LXC's template directory.
 PROVIDERS = {"busybox": "lxc", "debian": "lxc-templates"}
 # Where lxc-debian fetches from when the host's apt sources name no usable mirror.

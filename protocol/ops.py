@@ -68,6 +68,9 @@ class CreateContainer:
     template: str
     store: str | None = None
     xargs: tuple[str, ...] = ()
+    # Without an id map: root in the container is root on the host. Refused unless the
+    # helper's configuration allows it (helperd.allow_privileged; issue #13).
+    privileged: bool = False
 
     def __post_init__(self) -> None:
         rules.container_name(self.name)

@@ -7,14 +7,26 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
+from frontend.accesslog import AccessLogger
+from frontend.app import make_app
 from helperd import templates
 from protocol import ops, rules
-from tests.conftest import RECORDER, World, destroy_world, make_world, new_name, write_config
+from tests.conftest import (
+    RECORDER,
+    World,
+    configure,
+    destroy_world,
+    make_world,
+    new_name,
+    write_config,
+)
 from tests.test_protocol import body_of, exchange, frame, request
 
 pytestmark = pytest.mark.lxc
@@ -71,14 +83,31 @@ def _system_state(world: World, name: str) -> str:
         time.sleep(0.5)
 
 
+@pytest.fixture
+def privileged_world() -> Iterator[World]:
+    """lxc-debian refuses user namespaces: a world that allows privileged containers."""
+    w = make_world()
+    configure(w, allow_privileged=True)
+    w.start_helper()
+    try:
+        yield w
+    finally:
+        destroy_world(w)
+
+
 @pytest.mark.timeout(CREATE_WAIT + 300)
 async def test_a_bookworm_container_is_made_boots_systemd_on_a_veth_and_is_destroyed(
-        api: Any, admin: dict[str, str], world: World, bridge: str) -> None:
+        privileged_world: World, aiohttp_client: Any, bridge: str) -> None:
+    world = privileged_world
+    server = TestServer(make_app(world.frontend))
+    await server.start_server(access_log_class=AccessLogger)
+    api = await aiohttp_client(server)
+    admin = {"private-token": world.call(ops.CreateToken(None, "admin", "admin"))["token"]}
     name = new_name()
     began = time.monotonic()
     r = await api.put("/api/v1/containers", json={
-        "name": name, "template": "debian", "xargs": ["--release=bookworm"]}, headers=admin,
-        timeout=aiohttp.ClientTimeout(total=CREATE_WAIT))
+        "name": name, "template": "debian", "xargs": ["--release=bookworm"],
+        "privileged": True}, headers=admin, timeout=aiohttp.ClientTimeout(total=CREATE_WAIT))
     assert r.status == 200, await r.text()
     created = time.monotonic() - began
     rootfs = os.path.join(world.lxcpath, name, "rootfs")
@@ -162,7 +191,8 @@ def test_the_helper_itself_refuses_debian_values_outside_their_shapes(
 def _recording_debian(mirror: str) -> World:
     """A world configured with `mirror` whose lxc-debian only records its arguments."""
     w = make_world()
-    write_config(w.base, helperd=f'debian_mirror = "{mirror}"')
+    # lxc-debian refuses user namespaces: the container is privileged, as asked below.
+    write_config(w.base, helperd=f'debian_mirror = "{mirror}"\nallow_privileged = true')
     path = os.path.join(w.base, "templates", "lxc-debian")
     os.unlink(path)
     with open(path, "w") as f:
@@ -179,7 +209,7 @@ def test_the_helper_passes_its_configured_mirror_last() -> None:
     try:
         name = new_name()
         assert w.call(ops.CreateContainer(name, "debian", None, (
-            "--release=bookworm", "--packages=curl,iproute2"))) == {}
+            "--release=bookworm", "--packages=curl,iproute2"), privileged=True)) == {}
         with open(os.path.join(w.lxcpath, name, "template-args")) as f:
             args = f.read().split()
         # After liblxc's own and the client's: templates keep the last value they are given.

@@ -163,7 +163,7 @@ WIRE_EXAMPLES: dict[str, Any] = {
     "expires": 4102444800.0, "id": 7, "since": "2024-05-01T12:00:00Z",
     "until": "2024-05-02", "container": "web-1", "actor": "ci", "op": "start_container",
     "outcome": "ok", "limit": 50, "cursor": 3, "containers": ["web-*", "db-?", "base.2"],
-    "username": "alice", "password": "a passphrase",
+    "username": "alice", "password": "a passphrase", "privileged": False,
     "memory_limit": "512M", "memory_swap_limit": 1073741824, "cpus": "0-1,3", "cpu_weight": 200,
     "autostart": True, "autostart_delay": 5, "autostart_order": -3, "unset": ["cpus"],
     "types": ["lifecycle", "operation"], "after_epoch": "0123456789abcdef", "after": 5,
