@@ -174,6 +174,20 @@ def test_privileged_is_made_for_an_admin_where_configured_and_its_clone_stays_so
     assert _idmap_lines(w, plain) == _range(w).lines()
 
 
+@pytest.mark.security
+def test_an_admin_token_limited_to_containers_cannot_make_a_privileged_one(
+        privileged_world: World) -> None:
+    w = privileged_world
+    limited = w.call(ops.CreateToken(None, "web admin", "admin", containers=("web-*",)))
+    name = "web-" + new_name()
+    with pytest.raises(LwpError) as refused:
+        w.call(ops.CreateContainer(name, "busybox", privileged=True), token=limited["token"])
+    assert refused.value.code == "forbidden"
+    assert name not in w.container_dirs()
+    # Inside its patterns an unprivileged create is still its to make.
+    assert w.call(ops.CreateContainer(name, "busybox"), token=limited["token"]) == {}
+
+
 def test_a_template_that_refuses_user_namespaces_is_400_naming_privileged(
         world: World) -> None:
     name = new_name()
