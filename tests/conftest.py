@@ -330,3 +330,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         except ImportError:
             raise pytest.UsageError(
                 f"run the tests with {PYTHON}, the interpreter that has python3-lxc") from None
+
+
+# The token table of the first release, as its stores still hold it: the migrations
+# (tokens.upgrade) must take such a store as it is.
+FIRST_RELEASE_SCHEMA = """
+CREATE TABLE tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    digest BLOB NOT NULL UNIQUE,
+    description TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL,
+    last_used REAL
+)"""
+
+
+@pytest.fixture
+def privileged_world() -> Iterator[World]:
+    """A world whose configuration allows privileged containers (the product's does not; the
+    debian template refuses user namespaces)."""
+    w = make_world()
+    configure(w, allow_privileged=True)
+    w.start_helper()
+    try:
+        yield w
+    finally:
+        destroy_world(w)

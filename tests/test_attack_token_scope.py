@@ -21,7 +21,14 @@ from frontend.app import make_app
 from helperd.tokenstore import TokenStore, private_path
 from protocol import framing, ops, rules, tokens
 from protocol.errors import LwpError
-from tests.conftest import World, as_user, destroy_world, make_world, trail
+from tests.conftest import (
+    FIRST_RELEASE_SCHEMA,
+    World,
+    as_user,
+    destroy_world,
+    make_world,
+    trail,
+)
 from tests.test_attack_token_lock import SERVICE_USER, ensure_service_user
 
 pytestmark = [pytest.mark.lxc]
@@ -268,16 +275,6 @@ async def test_limited_token_over_http_sees_only_its_containers(scoped: Scoped,
 
 # -- the store: an older one gains the column ---------------------------------------------
 
-OLD_SCHEMA = """
-CREATE TABLE tokens (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    digest BLOB NOT NULL UNIQUE,
-    description TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    created REAL NOT NULL,
-    expires REAL,
-    last_used REAL
-)"""
 
 
 def test_a_store_without_the_containers_column_keeps_its_tokens_unlimited(
@@ -289,7 +286,7 @@ def test_a_store_without_the_containers_column_keeps_its_tokens_unlimited(
     os.unlink(private_path(state))
     old = "old-token-" + "x" * 20
     db = sqlite3.connect(private_path(state))
-    db.execute(OLD_SCHEMA)
+    db.execute(FIRST_RELEASE_SCHEMA)
     db.execute("INSERT INTO tokens (digest, description, scope, created) VALUES (?, ?, ?, ?)",
                (tokens.digest(key, old), "from before", "admin", 1.0))
     db.commit()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -21,7 +20,6 @@ from protocol import ops, rules
 from tests.conftest import (
     RECORDER,
     World,
-    configure,
     destroy_world,
     make_world,
     new_name,
@@ -83,16 +81,6 @@ def _system_state(world: World, name: str) -> str:
         time.sleep(0.5)
 
 
-@pytest.fixture
-def privileged_world() -> Iterator[World]:
-    """lxc-debian refuses user namespaces: a world that allows privileged containers."""
-    w = make_world()
-    configure(w, allow_privileged=True)
-    w.start_helper()
-    try:
-        yield w
-    finally:
-        destroy_world(w)
 
 
 @pytest.mark.timeout(CREATE_WAIT + 300)

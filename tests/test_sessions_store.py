@@ -14,18 +14,7 @@ import pytest
 from frontend.auth import TokenReader
 from helperd.tokenstore import TokenStore, private_path
 from protocol import tokens
-
-# The schema of every release before sessions, as its stores hold it.
-OLD_SCHEMA = """
-CREATE TABLE tokens (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    digest BLOB NOT NULL UNIQUE,
-    description TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    created REAL NOT NULL,
-    expires REAL,
-    last_used REAL
-)"""
+from tests.conftest import FIRST_RELEASE_SCHEMA
 
 
 @pytest.fixture
@@ -116,7 +105,7 @@ def test_a_store_from_before_sessions_is_upgraded_and_its_tokens_stay_api_tokens
     with open(os.path.join(state, tokens.KEY_FILE), "wb") as f:
         f.write(key)
     db = sqlite3.connect(private_path(state), isolation_level=None)
-    db.execute(OLD_SCHEMA)
+    db.execute(FIRST_RELEASE_SCHEMA)
     old = "lwp_old_" + secrets.token_urlsafe(32)
     db.execute("INSERT INTO tokens (digest, description, scope, created) VALUES (?, ?, ?, ?)",
                (tokens.digest(key, old), "from 2026", "admin", 1.7e9))

@@ -22,7 +22,7 @@ import pytest
 from frontend.auth import TokenReader
 from helperd.tokenstore import PRIVATE_DIR, TokenStore, private_path
 from protocol import ops, tokens
-from tests.conftest import World
+from tests.conftest import FIRST_RELEASE_SCHEMA, World
 
 
 @pytest.fixture
@@ -97,17 +97,6 @@ async def test_a_use_is_recorded_off_the_loop_and_publishes_nothing(
 
 # -- an older install's shared database --------------------------------------------------------
 
-# The previous release's schema (tokens.SCHEMA has grown since: sessions, #15).
-OLD_SCHEMA = """
-CREATE TABLE tokens (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    digest BLOB NOT NULL UNIQUE,
-    description TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    created REAL NOT NULL,
-    expires REAL,
-    last_used REAL
-)"""
 
 
 def make_old_store(state: str) -> dict[str, int]:
@@ -119,7 +108,7 @@ def make_old_store(state: str) -> dict[str, int]:
         f.write(key)
     db = sqlite3.connect(os.path.join(state, tokens.DB_FILE), isolation_level=None)
     db.execute("PRAGMA journal_mode=DELETE")
-    db.execute(OLD_SCHEMA)  # the previous release's columns: no kind, user, idle or parent
+    db.execute(FIRST_RELEASE_SCHEMA)  # no kind, user, idle, parent or containers
     made = {}
     for n, scope in enumerate(("admin", "operate", "read", "gone")):
         token = f"lwp_old_{n}_" + secrets.token_urlsafe(32)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -138,16 +137,6 @@ async def test_a_clone_keeps_its_sources_mapping_and_hostname_ownership(
     assert _host_ids(int(info["pid"]))[0][0] == mapping.uid.start
 
 
-@pytest.fixture
-def privileged_world() -> Iterator[World]:
-    """A world whose configuration allows privileged containers (the product's does not)."""
-    w = make_world()
-    configure(w, allow_privileged=True)
-    w.start_helper()
-    try:
-        yield w
-    finally:
-        destroy_world(w)
 
 
 @pytest.mark.security
