@@ -140,7 +140,8 @@ async def test_each_mutating_api_call_leaves_one_start_and_one_end_with_every_fi
 
     await do(api.put("/api/v1/containers", json={"name": a, "template": "busybox"},
                      headers=admin_h), "create_container", a,
-             {"name": a, "template": "busybox", "store": None, "xargs": []}, "admin")
+             {"name": a, "template": "busybox", "store": None, "xargs": [], "privileged": False},
+             "admin")
     await do(api.put("/api/v1/containers", json={"name": b, "clone": a, "store": "dir"},
                      headers=admin_h), "clone_container", b,
              {"name": b, "source": a, "store": "dir"}, "admin")
@@ -193,7 +194,7 @@ async def test_reads_and_token_calls_leave_one_record_and_no_secret(
     made_id = (await made.json())["id"]
     expected = {
         made: ("create_token", {"description": "audited", "scope": "read", "expires": None,
-                                "token_chosen": True, "id": made_id}),
+                                "containers": None, "token_chosen": True, "id": made_id}),
         revoked: ("revoke_token", {"by": "token", "id": made_id}),
         listed: ("list_containers", {}),
     }
