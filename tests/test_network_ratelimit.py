@@ -180,7 +180,11 @@ def test_the_helper_is_told_the_socket_address_not_a_forged_header(world: World)
             "private-token": read, "X-Forwarded-For": "203.0.113.99"})
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 200
-        log = live.log_text()
+        # aiohttp writes the access line after the response has gone out: wait for it.
+        deadline = time.monotonic() + 5
+        while ('"GET /api/v1/containers" 200' not in (log := live.log_text())
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
     finally:
         stop_frontend(live)
     assert '127.0.0.1 "GET /api/v1/containers" 200' in log

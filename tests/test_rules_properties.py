@@ -304,6 +304,7 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "cpus": st.sampled_from(["0", "0-1", "0-1,3"]),
     "cpu_weight": st.integers(1, 10000),
     "autostart": st.booleans(),
+    "privileged": st.booleans(),
     "autostart_delay": st.integers(0, 3600),
     "autostart_order": st.integers(-10000, 10000),
     "unset": st.lists(st.sampled_from(["memory_limit", "cpus", "autostart"]), max_size=2,
