@@ -574,14 +574,7 @@ def main() -> int:
             ("7 make test (the README's second command; pip reaches PyPI through the proxy)",
              partial(step_make_test, ins, README_COMMANDS[1])),
         ]
-        for title, fn in steps:
-            step(title)
-            started = time.monotonic()
-            try:
-                fn()
-            except Failed as exc:
-                R.check("step aborted", False, redact(str(exc), state.get("token", "")))
-            R.timings[R.step] = time.monotonic() - started
+        debtest.run_steps(steps, lambda text: redact(text, state.get("token", "")))
     except Failed as exc:
         R.check("aborted", False, redact(str(exc), state.get("token", "")))
     except Exception as exc:  # noqa: BLE001 — reported as a failure, with a traceback to read

@@ -374,6 +374,19 @@ def wait_booted(ins: Inside) -> None:
             f"{out.strip()}; failed units: {failed or 'none'}")
 
 
+def run_steps(steps: list[tuple[str, Callable[[], None]]],
+              shown: Callable[[str], str] = str) -> None:
+    """Each step in turn, timed; one that fails is recorded (as `shown`) and the next runs."""
+    for title, fn in steps:
+        step(title)
+        started = time.monotonic()
+        try:
+            fn()
+        except Failed as exc:
+            R.check("step aborted", False, shown(str(exc)))
+        R.timings[R.step] = time.monotonic() - started
+
+
 def step_units(ins: Inside) -> None:
     states = ins.active("lwp-helperd.socket", "lwp-frontend.socket", "lwp-frontend.service")
     R.check("lwp-helperd.socket, lwp-frontend.socket and lwp-frontend.service active",
@@ -841,14 +854,7 @@ def main() -> int:
              partial(step_reinstall, ins, deb2, state)),
             ("   purge again", partial(step_purge, ins, state, before, owned)),
         ]
-        for title, fn in steps:
-            step(title)
-            started = time.monotonic()
-            try:
-                fn()
-            except Failed as exc:
-                R.check("step aborted", False, str(exc))
-            R.timings[R.step] = time.monotonic() - started
+        run_steps(steps)
     except Failed as exc:
         R.check("aborted", False, str(exc))
     except Exception as exc:  # noqa: BLE001 — reported as a failure, with a traceback to read
