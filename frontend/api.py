@@ -424,8 +424,8 @@ ROUTES = (
           "the HttpOnly session cookie", "Session", body="CreateSession"),
     Route("DELETE", "/api/v1/session", Api.end_session, (EndSession,),
           "sign out: the session is revoked and its cookie cleared (cookie requests other "
-          "than GET and HEAD need X-LWP-Request: 1 and our Origin)", "SessionEnded",
-          errors=(400,)),
+          "than GET and HEAD need X-LWP-Request: 1 and our Origin); a token, not a session: 409",
+          "SessionEnded", errors=(409,)),
 )
 
 

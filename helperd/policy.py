@@ -179,7 +179,8 @@ async def end_session(h: Helper, req: EndSession, actor: Actor) -> Any:
     """Sign out: the presented session is deleted from the store, not only forgotten."""
     record = h.presented()
     if record is None or record.kind != tokens.SESSION:
-        raise LwpError("invalid-request", "only a session can be ended here; revoke a token "
+        # 409, not 400: the request is well-formed; the credential is not a session.
+        raise LwpError("invalid-state", "only a session can be ended here; revoke a token "
                                           "with DELETE /api/v1/tokens/id/<id>")
     await h.tokens.run(h.tokens.revoke, None, record.id)
     log.info("session %d for %s ended: signed out", record.id, record.description)
