@@ -282,7 +282,10 @@ SCHEMAS["TokenList"] = {"type": "array", "items": _ref("TokenRecord")}
 SCHEMAS["CreateSession"] = {"oneOf": [
     _object(["username", "password"],
             username=_string(session.USER_RE, session.USER_MAX),
+            # No NUL; the byte limit is not a schema rule: a quarter of it in characters
+            # (4 bytes each at most) is what the document can promise.
             password={"type": "string", "minLength": 1,
+                      "maxLength": session.PASSWORD_MAX_BYTES // 4, "pattern": "^[^\\x00]+$",
                       "description": f"at most {session.PASSWORD_MAX_BYTES} bytes in UTF-8, "
                                      "no NUL"}),
     _object(["token"], token=_string(rules.TOKEN_RE, rules.TOKEN_MAX))]}
